@@ -1,0 +1,7 @@
+"""koala: classic deep-learning image-restoration papers in Keras 3 on TensorFlow.
+
+Importing koala (or any submodule) never runs work and never reads flags; entry points
+live in ``koala.train``, ``koala.colorize``, ``koala.evaluate`` and ``data_prep/``.
+"""
+
+__version__ = "0.1.0"

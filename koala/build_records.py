@@ -1,0 +1,123 @@
+r"""Builds sharded TFRecords from a folder of images.
+
+  python data_prep/build_records.py   (or: python -m koala.build_records, koala-build-records) --input_dir=PHOTOS --output_dir=RECORDS \
+      [--embedder=inception_resnet_v2 --embedder_weights=imagenet|none|PATH] [--resume]
+
+With neither --input_dir nor --output_dir it builds the built-in sample photos
+(data/samples/) into data/records/samples/. Each image becomes one example with the field
+groups chosen by --groups (color: L, ab and the grayscale embedding at --image_size; rgb: the
+image itself, long side capped at --max_side). The split is a hash of the relative path. Bad
+images are skipped and listed in manifest.json; the exit status is non-zero only when no image
+was usable or more than --max_skipped_fraction were skipped. See koala/data/build.py.
+"""
+
+import os
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+from koala import embedder as embedder_lib
+from koala import geometry, images
+from koala.data import build as build_lib
+from koala.errors import KoalaError
+
+# The built-in samples live in the checkout (data/samples), beside the koala package.
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "data" / "samples"
+SAMPLE_RECORDS = REPO / "data" / "records" / "samples"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("input_dir", None, "Folder of images, walked recursively. "
+                    "Default: the built-in samples (data/samples).")
+flags.DEFINE_string("output_dir", None, "Where shards and manifest.json go. "
+                    "Default (with no --input_dir): data/records/samples.")
+flags.DEFINE_integer("image_size", 224, "Side of the L/ab square (SPEC §1: 224).", lower_bound=8)
+flags.DEFINE_enum("fit", "pad", geometry.FITS,
+                  "pad: keep aspect, pad to a square with white (paper); crop: centre crop.")
+flags.DEFINE_integer("max_side", 1024, "Cap on the long side of the stored RGB.", lower_bound=8)
+flags.DEFINE_multi_enum("groups", ["color", "rgb"], ["color", "rgb"],
+                        "Field groups to write: color (L, ab, embedding) and/or rgb.")
+flags.DEFINE_enum("embedder", "inception_resnet_v2", sorted(embedder_lib.EMBEDDERS),
+                  "Global-feature network (SPEC §1: inception_resnet_v2 at 299 px).")
+flags.DEFINE_string("embedder_weights", "imagenet",
+                    "imagenet (keras.applications; needs the download or $KERAS_HOME cache), "
+                    "none (random: recorded and warned about) or a local weights file.")
+flags.DEFINE_float("val_fraction", 0.1, "Share of images in the val split (by path hash).",
+                   lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_integer("examples_per_shard", 256, "Examples per shard file.", lower_bound=1)
+flags.DEFINE_enum("compression", "none", sorted(build_lib.COMPRESSIONS), "Shard compression.")
+flags.DEFINE_enum("rgb_codec", "png", build_lib.RGB_CODECS,
+                  "Codec for RGB images that must be re-encoded (resized, rotated, converted).")
+flags.DEFINE_integer("jpeg_quality", 95, "Quality with --rgb_codec=jpeg.", lower_bound=1,
+                     upper_bound=100)
+flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS,
+                     "Decompression-bomb limit: larger images are skipped.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 16, "Embedder batch size.", lower_bound=1)
+flags.DEFINE_integer("num_threads", min(4, os.cpu_count() or 1),
+                     "Threads decoding images.", lower_bound=1)
+flags.DEFINE_bool("resume", False, "Continue a killed build: finished shards are kept.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing build in --output_dir.")
+flags.DEFINE_float("max_skipped_fraction", 0.5,
+                   "Exit non-zero if more than this share of the images is skipped.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+flags.register_multi_flags_validator(
+    ["resume", "overwrite"], lambda f: not (f["resume"] and f["overwrite"]),
+    "--resume and --overwrite exclude each other")
+flags.register_multi_flags_validator(
+    ["input_dir", "output_dir"], lambda f: f["input_dir"] is None or f["output_dir"] is not None,
+    "--output_dir is required with --input_dir")
+
+_CONFIG_FLAGS = ("image_size", "fit", "max_side", "embedder", "embedder_weights",
+                 "val_fraction", "examples_per_shard", "compression", "rgb_codec",
+                 "jpeg_quality", "max_pixels", "batch_size", "num_threads", "resume",
+                 "overwrite", "max_skipped_fraction", "progress")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    input_dir = FLAGS.input_dir or str(SAMPLES)
+    output_dir = FLAGS.output_dir or str(SAMPLE_RECORDS)
+    config = build_lib.BuildConfig(
+        input_dir=input_dir, output_dir=output_dir, groups=tuple(FLAGS.groups),
+        **{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+    if "color" in config.groups:
+        print(f"embedder: {config.embedder}, weights: {config.embedder_weights}"
+              + (" (RANDOM: no ImageNet semantics)" if config.embedder_weights == "none" else ""))
+    recorded = {name: FLAGS[name].value for name in ("input_dir", "output_dir", "groups",
+                                                     *_CONFIG_FLAGS)}
+    try:
+        result = build_lib.build(config, flags=recorded)
+    except KoalaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = result.manifest
+    per = m["bytes_per_example"]
+    print(f"records: {output_dir}  train={m['counts']['train']} val={m['counts']['val']} "
+          f"skipped={len(m['skipped'])} in {m['elapsed_s']:.1f}s "
+          f"({sum(m['counts'].values()) / max(m['elapsed_s'], 1e-9):.2f} img/s)")
+    for item in m["skipped"]:
+        print(f"  skipped {item['path']}: {item['reason']}")
+    if "color_fields" in per:
+        print(f"bytes/example: colour fields {per['color_fields'] / 1000:.1f} KB "
+              f"(L {per.get('l_png', 0) / 1000:.1f} KB, ab {per.get('ab_png', 0) / 1000:.1f} KB, "
+              f"embedding {per.get('embedding', 0) / 1000:.1f} KB)")
+    if "rgb" in per:
+        print(f"bytes/example: rgb {per['rgb'] / 1000:.1f} KB")
+    print(f"manifest: {os.path.join(output_dir, build_lib.MANIFEST)}")
+    if not result.ok:
+        print(f"error: {result.message}", file=sys.stderr)
+        return 1
+    logging.info(result.message)
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,536 @@
+"""Builds sharded TFRecords from a folder of images (the library behind
+``data_prep/build_records.py``).
+
+Pipeline, per image: load (``koala.images.load_image``: orientation, CMYK, alpha, 16-bit) ->
+fit into the model square (``koala.geometry``) -> Lab (``koala.color``) quantised and
+PNG-encoded (``koala.data.features``) -> embedding of the grayscale, computed in batches by
+``koala.embedder.Embedder`` -> the stored RGB, capped at ``max_side``.
+
+Robustness:
+  * A bad image is skipped and reported (path and reason, in the manifest), never fatal.
+  * The train/val split of an image is a hash of its relative path: stable across re-runs and
+    when images are added.
+  * Shards are written under a temporary name, fsynced and renamed when complete, then a small
+    per-shard state file records their checksum. ``resume=True`` keeps every finished shard
+    whose inputs and settings are unchanged, and rebuilds the rest. No final shard is ever
+    half-written.
+  * ``manifest.json`` (written atomically, last) lists counts, shards with record counts and
+    sha256, skipped files, the embedder and weights, all flags and the koala version.
+
+Decoding runs in a thread pool (Pillow releases the GIL) while the main thread runs the
+embedder, so the embedder, the expensive part, is rarely kept waiting.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import time
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+import koala
+from koala import color, geometry
+from koala.data import features
+from koala.embedder import Embedder
+from koala.errors import ImageError, RecordsError
+from koala.images import DEFAULT_MAX_PIXELS, find_images, load_image
+from koala.progress import Progress
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+MANIFEST = "manifest.json"
+STATE_DIR = ".build"
+COMPRESSIONS = {"none": "", "gzip": "GZIP"}
+RGB_CODECS = ("png", "jpeg")
+SHARD_RE = re.compile(r"^(train|val)-\d{5}-of-\d{5}\.tfrecord(\.gz)?$")
+
+# Config fields that change what is written; a resume with any of them changed is refused.
+CONTENT_FIELDS = ("image_size", "fit", "max_side", "groups", "embedder", "embedder_weights",
+                  "val_fraction", "examples_per_shard", "compression", "rgb_codec",
+                  "jpeg_quality", "max_pixels")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """Everything a build needs. ``data_prep/build_records.py`` maps its flags onto this."""
+
+    input_dir: str
+    output_dir: str
+    image_size: int = 224
+    fit: str = "pad"
+    max_side: int = 1024
+    groups: tuple = ("color", "rgb")
+    embedder: str = "inception_resnet_v2"
+    embedder_weights: str = "imagenet"
+    val_fraction: float = 0.1
+    examples_per_shard: int = 256
+    compression: str = "none"
+    rgb_codec: str = "png"
+    jpeg_quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = 16
+    num_threads: int = 2
+    resume: bool = False
+    overwrite: bool = False
+    max_skipped_fraction: float = 0.5
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "groups", features.check_groups(self.groups))
+        checks = [
+            (self.image_size >= 8, "image_size must be >= 8"),
+            (self.fit in geometry.FITS, f"fit must be one of {geometry.FITS}"),
+            (self.max_side >= 8, "max_side must be >= 8"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+            (self.examples_per_shard >= 1, "examples_per_shard must be >= 1"),
+            (self.compression in COMPRESSIONS, f"compression must be one of {list(COMPRESSIONS)}"),
+            (self.rgb_codec in RGB_CODECS, f"rgb_codec must be one of {RGB_CODECS}"),
+            (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
+            (self.batch_size >= 1 and self.num_threads >= 1, "batch_size, num_threads >= 1"),
+            (0.0 <= self.max_skipped_fraction <= 1.0, "max_skipped_fraction must be in [0, 1]"),
+            (not (self.resume and self.overwrite), "resume and overwrite exclude each other"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def content(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items() if k in CONTENT_FIELDS}
+
+
+@dataclasses.dataclass
+class BuildResult:
+    manifest: dict
+    ok: bool
+    message: str
+    stage_seconds: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    split: str
+    index: int
+    count: int
+    names: tuple  # relative posix paths, in order
+
+    def filename(self, compression: str) -> str:
+        suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
+        return f"{self.split}-{self.index:05d}-of-{self.count:05d}{suffix}"
+
+
+def split_of(name: str, val_fraction: float) -> str:
+    """'train' or 'val', decided by a hash of the relative path (stable, order-free)."""
+    h = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
+    return "val" if h / 2.0**64 < val_fraction else "train"
+
+
+def plan_shards(names, config: BuildConfig) -> list[ShardPlan]:
+    """Assigns sorted names to splits, then to shards of ``examples_per_shard`` each."""
+    by_split = {s: [] for s in SPLITS}
+    for name in sorted(names):
+        by_split[split_of(name, config.val_fraction)].append(name)
+    plans = []
+    for split in SPLITS:
+        members = by_split[split]
+        n = -(-len(members) // config.examples_per_shard)
+        for i in range(n):
+            chunk = members[i * config.examples_per_shard : (i + 1) * config.examples_per_shard]
+            plans.append(ShardPlan(split, i, n, tuple(chunk)))
+    return plans
+
+
+# --- small file helpers (tf.io.gfile, so a bucket path works like a local one) --------------
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: str) -> None:
+    if "://" in path:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- per-image work (runs in worker threads) -------------------------------------------------
+
+
+@dataclasses.dataclass
+class Prepared:
+    name: str
+    height: int
+    width: int
+    was_grayscale: bool
+    square: np.ndarray | None = None  # (image_size, image_size, 3) uint8
+    embed_square: np.ndarray | None = None  # (embedder size, ..., 3) uint8
+    rgb: bytes | None = None
+    rgb_height: int = 0
+    rgb_width: int = 0
+    seconds: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Skipped:
+    name: str
+    reason: str
+
+
+def _encode_rgb(rgb: np.ndarray, codec: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    if codec == "png":
+        Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
+    else:
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def prepare(path: str, name: str, config: BuildConfig, embed_size: int | None):
+    """Loads and fits one image. Returns Prepared, or Skipped with the reason."""
+    seconds = {}
+    t = time.perf_counter()
+    try:
+        img = load_image(path, max_pixels=config.max_pixels)
+    except ImageError as e:
+        return Skipped(name, e.reason)
+    except Exception as e:  # a loader bug must not end a build of thousands of images
+        log.exception("unexpected error loading %s", path)
+        return Skipped(name, f"unexpected error: {type(e).__name__}: {e}")
+    seconds["decode"] = time.perf_counter() - t
+    for w in img.warnings:
+        log.warning("%s: %s", name, w)
+    out = Prepared(name, img.height, img.width, img.was_grayscale, seconds=seconds)
+    if "color" in config.groups:
+        t = time.perf_counter()
+        out.square = geometry.fit_square(img.rgb, config.image_size, config.fit)
+        out.embed_square = geometry.fit_square(img.rgb, embed_size, config.fit)
+        seconds["fit"] = time.perf_counter() - t
+    if "rgb" in config.groups:
+        t = time.perf_counter()
+        if img.passthrough and max(img.height, img.width) <= config.max_side:
+            out.rgb, (out.rgb_height, out.rgb_width) = img.data, img.rgb.shape[:2]
+        else:
+            capped = geometry.cap_long_side(img.rgb, config.max_side)
+            out.rgb = _encode_rgb(capped, config.rgb_codec, config.jpeg_quality)
+            out.rgb_height, out.rgb_width = capped.shape[:2]
+        seconds["rgb_encode"] = time.perf_counter() - t
+    return out
+
+
+def _bounded_map(pool, fn, items, window):
+    """Like ``pool.map`` (ordered) but with at most ``window`` items in flight (bounded RAM)."""
+    it = iter(items)
+    pending = collections.deque(pool.submit(fn, *x) for _, x in zip(range(window), it))
+    while pending:
+        result = pending.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(fn, *nxt))
+        yield result
+
+
+@tf.function(reduce_retracing=True)
+def _lab_quantized(squares):
+    """uint8 (B, S, S, 3) -> (L uint8 (B, S, S, 1), ab uint8 (B, S, S, 2)), features' encoding."""
+    lab = color.srgb_to_lab(tf.cast(squares, tf.float32) / 255.0)
+    l_q = tf.clip_by_value(tf.round(lab[..., :1] * features.L_LEVELS_PER_UNIT), 0, 255)
+    ab_q = tf.clip_by_value(tf.round(lab[..., 1:]) + features.AB_OFFSET, 0, 255)
+    return tf.cast(l_q, tf.uint8), tf.cast(ab_q, tf.uint8)
+
+
+class _ShardWriter:
+    """Writes one shard to a temporary name; ``commit`` fsyncs and renames it into place."""
+
+    def __init__(self, output_dir: str, plan: ShardPlan, config: BuildConfig):
+        self.plan = plan
+        self.final = os.path.join(output_dir, plan.filename(config.compression))
+        self.tmp = os.path.join(output_dir, f".{plan.filename(config.compression)}.tmp")
+        options = tf.io.TFRecordOptions(compression_type=COMPRESSIONS[config.compression])
+        self.writer = tf.io.TFRecordWriter(self.tmp, options)
+        self.records = 0
+        self.skipped = []
+        self.bytes = collections.Counter()
+
+    def write(self, serialized: bytes, sizes: dict) -> None:
+        self.writer.write(serialized)
+        self.records += 1
+        self.bytes.update(sizes)
+
+    def commit(self) -> dict:
+        self.writer.close()
+        _fsync(self.tmp)
+        tf.io.gfile.rename(self.tmp, self.final, overwrite=True)
+        return {
+            "file": os.path.basename(self.final),
+            "split": self.plan.split,
+            "records": self.records,
+            "bytes": tf.io.gfile.stat(self.final).length,
+            "sha256": file_sha256(self.final),
+            "names": list(self.plan.names),
+            "skipped": self.skipped,
+            "field_bytes": dict(self.bytes),
+        }
+
+
+class Builder:
+    """One build. ``Builder(config, flags).run()``; see the module docstring."""
+
+    def __init__(self, config: BuildConfig, flags: dict | None = None, embedder=None):
+        self.config = config
+        self.flags = flags or {}
+        if embedder is not None and (embedder.name, embedder.weights, embedder.fit_mode) != (
+                config.embedder, config.embedder_weights, config.fit):
+            raise ValueError("the embedder passed in must match the config's embedder, "
+                             "embedder_weights and fit, which the manifest records")
+        self._embedder = embedder
+        self.out = config.output_dir
+        self.state_dir = os.path.join(self.out, STATE_DIR)
+        self.seconds = collections.Counter()
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _state_path(self, plan: ShardPlan) -> str:
+        return os.path.join(self.state_dir, plan.filename(self.config.compression) + ".json")
+
+    def _prepare_output(self) -> None:
+        has_build = tf.io.gfile.exists(self.state_dir) or tf.io.gfile.exists(
+            os.path.join(self.out, MANIFEST))
+        config_path = os.path.join(self.state_dir, "config.json")
+        if has_build and self.config.overwrite:
+            self._remove_build()
+        elif has_build and not self.config.resume:
+            raise RecordsError(
+                f"{self.out} already holds a build: pass --resume to continue it (finished "
+                f"shards are kept) or --overwrite to replace it")
+        elif has_build and tf.io.gfile.exists(config_path):
+            with tf.io.gfile.GFile(config_path) as f:
+                previous = json.load(f)
+            changed = {k: (previous.get(k), v) for k, v in self.config.content().items()
+                       if previous.get(k) != v}
+            if changed:
+                detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                raise RecordsError(
+                    f"cannot resume the build in {self.out} with different settings ({detail}); "
+                    f"use --overwrite to rebuild it")
+        tf.io.gfile.makedirs(self.state_dir)
+        _atomic_write_text(config_path, json.dumps(self.config.content(), indent=2))
+        for name in tf.io.gfile.listdir(self.out):  # leftovers of a killed run
+            if name.startswith(".") and name.endswith(".tmp"):
+                tf.io.gfile.remove(os.path.join(self.out, name))
+
+    def _remove_build(self) -> None:
+        for name in tf.io.gfile.listdir(self.out):
+            if SHARD_RE.match(name) or name == MANIFEST or name.endswith(".tmp"):
+                tf.io.gfile.remove(os.path.join(self.out, name))
+        tf.io.gfile.rmtree(self.state_dir) if tf.io.gfile.exists(self.state_dir) else None
+
+    def _finished(self, plan: ShardPlan) -> dict | None:
+        """The state of a shard that a previous run completed with the same inputs, else None."""
+        path = self._state_path(plan)
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path) as f:
+            state = json.load(f)
+        final = os.path.join(self.out, state["file"])
+        if (state["names"] != list(plan.names) or not tf.io.gfile.exists(final)
+                or tf.io.gfile.stat(final).length != state["bytes"]
+                or file_sha256(final) != state["sha256"]):
+            return None
+        return state
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(self) -> BuildResult:
+        cfg = self.config
+        start = time.monotonic()
+        if not tf.io.gfile.isdir(cfg.input_dir):
+            raise RecordsError(f"input_dir {cfg.input_dir} is not a directory")
+        tf.io.gfile.makedirs(self.out)
+        self._prepare_output()
+        paths = {p.relative_to(cfg.input_dir).as_posix(): str(p)
+                 for p in find_images(cfg.input_dir)}
+        plans = plan_shards(paths, cfg)
+        states = {}
+        todo = []
+        for plan in plans:
+            state = self._finished(plan) if cfg.resume else None
+            if state is not None:
+                states[plan] = state
+            else:
+                todo.append(plan)
+        if cfg.resume and states:
+            log.info("resuming: %d of %d shards already complete", len(states), len(plans))
+        embedder = None
+        if "color" in cfg.groups and todo:
+            embedder = self._embedder or Embedder(cfg.embedder, cfg.embedder_weights,
+                                                  batch_size=cfg.batch_size, fit=cfg.fit)
+        total = sum(len(p.names) for p in todo)
+        with Progress(total, "build_records", "img", enabled=cfg.progress) as bar:
+            for plan, state in self._write_shards(todo, paths, embedder, bar):
+                states[plan] = state
+        manifest = self._finalize(plans, states, embedder, time.monotonic() - start)
+        return self._verdict(manifest)
+
+    def _write_shards(self, todo, paths, embedder, bar):
+        cfg = self.config
+        embed_size = embedder.input_size if embedder else None
+        jobs = ((paths[name], name, cfg, embed_size) for plan in todo for name in plan.names)
+        with concurrent.futures.ThreadPoolExecutor(cfg.num_threads) as pool:
+            results = _bounded_map(pool, prepare, jobs, window=2 * cfg.batch_size)
+            for plan in todo:
+                writer = _ShardWriter(self.out, plan, cfg)
+                remaining = len(plan.names)
+                while remaining:
+                    n = min(cfg.batch_size, remaining)
+                    batch = [next(results) for _ in range(n)]
+                    remaining -= n
+                    self._write_batch(writer, batch, embedder)
+                    bar.update(n)
+                t = time.perf_counter()
+                state = writer.commit()
+                _atomic_write_text(self._state_path(plan), json.dumps(state))
+                self.seconds["write"] += time.perf_counter() - t
+                yield plan, state
+
+    def _write_batch(self, writer: _ShardWriter, batch, embedder) -> None:
+        good = [r for r in batch if isinstance(r, Prepared)]
+        for r in batch:
+            if isinstance(r, Skipped):
+                log.warning("skipped %s: %s", r.name, r.reason)
+                writer.skipped.append({"path": r.name, "reason": r.reason})
+        for r in good:
+            self.seconds.update(r.seconds)
+        color_fields = [{} for _ in good]
+        if good and embedder is not None:
+            t = time.perf_counter()
+            l_q, ab_q = _lab_quantized(tf.constant(np.stack([r.square for r in good])))
+            for fields, l_img, ab_img in zip(color_fields, l_q, ab_q):
+                fields["l_png"] = tf.io.encode_png(l_img).numpy()
+                fields["ab_png"] = tf.io.encode_png(ab_img).numpy()
+            self.seconds["lab_png"] += time.perf_counter() - t
+            t = time.perf_counter()
+            vectors = embedder.embed(np.stack([r.embed_square for r in good]))
+            self.seconds["embed"] += time.perf_counter() - t
+            for fields, v in zip(color_fields, vectors):
+                fields["embedding"] = features.encode_embedding(v)
+        t = time.perf_counter()
+        for r, fields in zip(good, color_fields):
+            rgb = {}
+            if r.rgb is not None:
+                rgb = {"rgb": r.rgb, "rgb_height": r.rgb_height, "rgb_width": r.rgb_width}
+            serialized = features.make_example(
+                name=r.name, source_height=r.height, source_width=r.width,
+                was_grayscale=r.was_grayscale, **fields, **rgb)
+            sizes = {k: len(v) for k, v in fields.items()}
+            if r.rgb is not None:
+                sizes["rgb"] = len(r.rgb)
+            sizes["example"] = len(serialized)
+            writer.write(serialized, sizes)
+        self.seconds["write"] += time.perf_counter() - t
+
+    def _finalize(self, plans, states, embedder, elapsed) -> dict:
+        cfg = self.config
+        shards = [states[p] for p in plans]
+        keep = {s["file"] for s in shards}
+        for name in tf.io.gfile.listdir(self.out):  # shards of an earlier plan
+            if SHARD_RE.match(name) and name not in keep:
+                tf.io.gfile.remove(os.path.join(self.out, name))
+        for state_name in tf.io.gfile.listdir(self.state_dir):
+            if state_name.endswith(".json") and state_name[:-5] not in keep \
+                    and state_name != "config.json":
+                tf.io.gfile.remove(os.path.join(self.state_dir, state_name))
+        counts = {s: sum(x["records"] for x in shards if x["split"] == s) for s in SPLITS}
+        field_bytes = collections.Counter()
+        for s in shards:
+            field_bytes.update(s["field_bytes"])
+        n = max(1, sum(counts.values()))
+        per_example = {k: round(v / n, 1) for k, v in sorted(field_bytes.items())}
+        if "color" in cfg.groups:
+            per_example["color_fields"] = round(
+                sum(field_bytes[k] for k in ("l_png", "ab_png", "embedding")) / n, 1)
+        if embedder is not None:
+            embedder_info = embedder.describe()
+        elif "color" in cfg.groups:
+            embedder_info = {"name": cfg.embedder, "weights": cfg.embedder_weights}
+        else:
+            embedder_info = None
+        manifest = {
+            "koala_version": koala.__version__,
+            "schema_version": features.SCHEMA_VERSION,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "input_dir": os.path.abspath(cfg.input_dir),
+            "groups": list(cfg.groups),
+            "image_size": cfg.image_size,
+            "fit": cfg.fit,
+            "max_side": cfg.max_side,
+            "compression": cfg.compression,
+            "embedder": embedder_info,
+            "counts": counts,
+            "total_inputs": sum(len(p.names) for p in plans),
+            "skipped": [x for s in shards for x in s["skipped"]],
+            "bytes_per_example": per_example,
+            "precision": {
+                "l": "8-bit PNG of round(L*2.55): max round-trip error 0.196 L units",
+                "ab": "8-bit 2-channel PNG of round(ab)+128: max round-trip error 0.5",
+                "embedding": "float16: relative error <= 4.9e-4",
+                "rgb": "source bytes when a plain RGB JPEG/PNG within max_side, else "
+                       f"{cfg.rgb_codec.upper()}",
+            },
+            "shards": [{k: s[k] for k in ("file", "split", "records", "bytes", "sha256")}
+                       for s in shards],
+            "elapsed_s": round(elapsed, 2),
+            "config": {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in dataclasses.asdict(cfg).items()},
+            "flags": self.flags,
+        }
+        _atomic_write_text(os.path.join(self.out, MANIFEST), json.dumps(manifest, indent=2))
+        return manifest
+
+    def _verdict(self, manifest) -> BuildResult:
+        total = manifest["total_inputs"]
+        skipped = len(manifest["skipped"])
+        written = sum(manifest["counts"].values())
+        if written == 0:
+            ok, msg = False, f"no usable image among {total} files in {self.config.input_dir}"
+        elif skipped / total > self.config.max_skipped_fraction:
+            ok, msg = False, (f"{skipped} of {total} images skipped ({skipped / total:.0%}), more "
+                              f"than --max_skipped_fraction={self.config.max_skipped_fraction}")
+        else:
+            ok, msg = True, f"wrote {written} examples, skipped {skipped}"
+        return BuildResult(manifest, ok, msg, dict(self.seconds))
+
+
+def build(config: BuildConfig, flags: dict | None = None, embedder=None) -> BuildResult:
+    """Runs one build; see :class:`Builder`.
+
+    ``embedder``: an already built :class:`koala.embedder.Embedder` to reuse (tests,
+    benchmarks); by default one is built from the config's embedder name and weights.
+    """
+    return Builder(config, flags, embedder).run()

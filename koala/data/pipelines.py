@@ -1,0 +1,242 @@
+"""tf.data input pipelines, one builder per model family.
+
+Every builder reads a records directory, a shard pattern or a list of shards
+(:func:`koala.data.records.resolve`), checks the shards (:func:`koala.data.records.verify`,
+naming a corrupt one), then: parallel interleave over shards -> shuffle (serialized records,
+so the buffer stays small) -> parallel parse and decode -> augmentation -> batch ->
+``prefetch(AUTOTUNE)``.
+
+``training=True`` shuffles and augments (random flip, random crop); ``training=False`` reads
+in order, with no flip and a centre crop, so evaluation is repeatable.
+
+Builders and what they yield:
+  :func:`colorization_dataset`  ``({"l": (B, S, S, 1), "embedding": (B, D)}, ab (B, S, S, 2))``,
+                                L and ab scaled to [-1, 1] (``koala.color``).
+  :func:`rgb_dataset`           ``(B, P, P, 3)`` sRGB patches in [0, 1] (the codec).
+  :func:`sr_dataset`            ``(low_res, high_res)`` pairs made on the fly from the stored
+                                RGB by :func:`bicubic_downscale`, so scale and patch size are
+                                training choices, not build choices.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from koala import color
+from koala.data import features, records
+
+AUTOTUNE = tf.data.AUTOTUNE
+SR_CHANNELS = ("y", "rgb")
+
+
+def _read(source, split, *, groups, training, shuffle_buffer, seed, verify):
+    """Resolved records -> dataset of parsed (still encoded) feature dicts."""
+    recs = records.resolve(source, split)
+    if recs.manifest and not set(groups) <= set(recs.groups):
+        raise records.RecordsError(
+            f"records in {recs.manifest_dir} hold groups {list(recs.groups)}, this pipeline "
+            f"needs {list(groups)}: rebuild them with --groups including {list(groups)}")
+    if verify:
+        records.verify(recs)
+    files = tf.data.Dataset.from_tensor_slices(list(recs.files))
+    if training:
+        files = files.shuffle(len(recs.files), seed=seed, reshuffle_each_iteration=True)
+    ds = files.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=recs.compression),
+        cycle_length=min(len(recs.files), 16), block_length=1,
+        num_parallel_calls=AUTOTUNE, deterministic=not training)
+    if training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    spec = features.feature_spec(groups)
+    ds = ds.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE,
+                deterministic=not training)
+    return ds, recs
+
+
+def _finish(ds, batch_size, drop_remainder, repeat):
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+
+# --- colorization ----------------------------------------------------------------------------
+
+
+def decode_color_example(parsed: dict, *, embedding_dim: int | None = None) -> dict:
+    """Parsed features -> {"l": (S, S, 1), "ab": (S, S, 2), "embedding": (D,)}, scaled."""
+    return {
+        "l": color.normalize_l(features.decode_l(parsed[features.L])),
+        "ab": color.normalize_ab(features.decode_ab(parsed[features.AB])),
+        "embedding": features.decode_embedding(parsed[features.EMBEDDING], embedding_dim),
+    }
+
+
+def augment_color(example: dict, *, crop_size: int | None, training: bool) -> dict:
+    """Random (training) or centre crop to ``crop_size``, and a random left-right flip.
+
+    L and ab get the same crop and flip; the embedding (of the whole image) is kept.
+    """
+    stack = tf.concat([example["l"], example["ab"]], axis=-1)  # (S, S, 3)
+    if crop_size:
+        if training:
+            stack = tf.image.random_crop(stack, [crop_size, crop_size, 3])
+        else:
+            stack = tf.image.resize_with_crop_or_pad(stack, crop_size, crop_size)
+    if training:
+        stack = tf.image.random_flip_left_right(stack)
+    return {"l": stack[..., :1], "ab": stack[..., 1:], "embedding": example["embedding"]}
+
+
+def colorization_dataset(source, *, split="train", batch_size=32, training=True,
+                         crop_size=None, shuffle_buffer=1024, seed=None, verify=True,
+                         drop_remainder=False, repeat=False) -> tf.data.Dataset:
+    """Fusion-colorizer batches: ``({"l", "embedding"}, ab)``, all float32 in [-1, 1]."""
+    ds, recs = _read(source, split, groups=("color",), training=training,
+                     shuffle_buffer=shuffle_buffer, seed=seed, verify=verify)
+    dim = recs.embedding_dim
+    size = crop_size or (recs.manifest or {}).get("image_size")  # static shape when known
+
+    def to_example(parsed):
+        ex = augment_color(decode_color_example(parsed, embedding_dim=dim),
+                           crop_size=crop_size, training=training)
+        l = tf.ensure_shape(ex["l"], [size, size, 1])
+        ab = tf.ensure_shape(ex["ab"], [size, size, 2])
+        return {"l": l, "embedding": ex["embedding"]}, ab
+
+    ds = ds.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    return _finish(ds, batch_size, drop_remainder, repeat)
+
+
+# --- RGB patches (codec) and super-resolution pairs -------------------------------------------
+
+
+def decode_rgb_example(parsed: dict) -> tf.Tensor:
+    """Parsed features -> float32 (H, W, 3) sRGB in [0, 1]."""
+    return tf.cast(features.decode_rgb(parsed[features.RGB]), tf.float32) / 255.0
+
+
+def ensure_min_side(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Upscales (bicubic, aspect kept) an image whose short side is below ``size``."""
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    short = tf.minimum(h, w)
+
+    def grow():
+        scale = tf.cast(size, tf.float32) / tf.cast(short, tf.float32)
+        nh = tf.maximum(size, tf.cast(tf.math.ceil(tf.cast(h, tf.float32) * scale), tf.int32))
+        nw = tf.maximum(size, tf.cast(tf.math.ceil(tf.cast(w, tf.float32) * scale), tf.int32))
+        return tf.clip_by_value(tf.image.resize(image, [nh, nw], "bicubic"), 0.0, 1.0)
+
+    return tf.cond(short < size, grow, lambda: image)
+
+
+def random_patches(image: tf.Tensor, patch_size: int, count: int) -> tf.Tensor:
+    """``count`` random (patch_size, patch_size, C) crops of one image -> (count, P, P, C)."""
+    image = ensure_min_side(image, patch_size)
+    channels = image.shape[-1] or 3
+    return tf.stack([tf.image.random_crop(image, [patch_size, patch_size, channels])
+                     for _ in range(count)])
+
+
+def grid_patches(image: tf.Tensor, patch_size: int, stride: int) -> tf.Tensor:
+    """All (patch_size, patch_size, C) sub-images on a ``stride`` grid -> (N, P, P, C)
+    (SRCNN's sub-image extraction: 33 px at stride 14)."""
+    image = ensure_min_side(image, patch_size)
+    channels = image.shape[-1] or 3
+    p = tf.image.extract_patches(image[None], [1, patch_size, patch_size, 1],
+                                 [1, stride, stride, 1], [1, 1, 1, 1], "VALID")
+    return tf.reshape(p, [-1, patch_size, patch_size, channels])
+
+
+def bicubic_downscale(hr: tf.Tensor, scale: int) -> tf.Tensor:
+    """The SR degradation (SPEC §3), used by training and evaluation alike.
+
+    (..., H, W, C) in [0, 1] with H and W multiples of ``scale`` -> (..., H/s, W/s, C):
+    bicubic with anti-aliasing (as MATLAB ``imresize``), clipped to [0, 1].
+    """
+    shape = tf.shape(hr)
+    size = [shape[-3] // scale, shape[-2] // scale]
+    return tf.clip_by_value(tf.image.resize(hr, size, "bicubic", antialias=True), 0.0, 1.0)
+
+
+def bicubic_upscale(lr: tf.Tensor, scale: int) -> tf.Tensor:
+    """(..., h, w, C) -> (..., h*s, w*s, C), bicubic, clipped to [0, 1] (SRCNN's input)."""
+    shape = tf.shape(lr)
+    size = [shape[-3] * scale, shape[-2] * scale]
+    return tf.clip_by_value(tf.image.resize(lr, size, "bicubic"), 0.0, 1.0)
+
+
+def to_y(rgb: tf.Tensor) -> tf.Tensor:
+    """sRGB in [0, 1] -> studio-range Y in [16/255, 235/255], (..., 1)."""
+    return color.rgb_to_ycbcr(rgb)[..., :1] / 255.0
+
+
+def _patch_dataset(ds, *, patch_size, training, patches_per_image, stride):
+    def patches(parsed):
+        image = decode_rgb_example(parsed)
+        if stride:
+            out = grid_patches(image, patch_size, stride)
+        elif training:
+            out = random_patches(image, patch_size, patches_per_image)
+        else:
+            out = tf.image.resize_with_crop_or_pad(
+                ensure_min_side(image, patch_size), patch_size, patch_size)[None]
+        if training:
+            out = tf.image.random_flip_left_right(out)
+        return tf.data.Dataset.from_tensor_slices(out)
+
+    return ds.flat_map(patches) if not training else ds.interleave(
+        patches, cycle_length=4, num_parallel_calls=AUTOTUNE, deterministic=False)
+
+
+def rgb_dataset(source, *, split="train", patch_size=256, batch_size=8, training=True,
+                patches_per_image=1, stride=None, shuffle_buffer=256, seed=None, verify=True,
+                drop_remainder=False, repeat=False) -> tf.data.Dataset:
+    """(B, P, P, 3) sRGB patches in [0, 1] (the invertible-grayscale codec, SPEC §2)."""
+    ds, _ = _read(source, split, groups=("rgb",), training=training,
+                  shuffle_buffer=shuffle_buffer, seed=seed, verify=verify)
+    ds = _patch_dataset(ds, patch_size=patch_size, training=training,
+                        patches_per_image=patches_per_image, stride=stride)
+    if training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed)
+    return _finish(ds, batch_size, drop_remainder, repeat)
+
+
+def sr_dataset(source, *, scale, split="train", patch_size=33, batch_size=16, training=True,
+               channels="y", upsample=True, patches_per_image=16, stride=None,
+               shuffle_buffer=1024, seed=None, verify=True, drop_remainder=False,
+               repeat=False) -> tf.data.Dataset:
+    """Super-resolution pairs ``(low_res, high_res)`` in [0, 1] (SPEC §3).
+
+    ``high_res``: (B, P, P, C) patches, P = ``patch_size`` rounded down to a multiple of
+    ``scale``; C = 1 (studio Y, ``channels="y"``) or 3 (``"rgb"``). ``low_res``: the bicubic,
+    anti-aliased downscale; with ``upsample=True`` (SRCNN, the auto-encoder) it is brought back
+    to P×P by bicubic upscaling, with ``upsample=False`` (FSRCNN) it stays (P/s)×(P/s).
+    ``stride`` extracts every sub-image on a grid (the SRCNN paper: 33 px, stride 14);
+    otherwise ``patches_per_image`` random crops per image and epoch.
+    """
+    if scale not in (2, 3, 4):
+        raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+    if channels not in SR_CHANNELS:
+        raise ValueError(f"channels must be one of {SR_CHANNELS}, got {channels!r}")
+    patch = (patch_size // scale) * scale
+    if patch < scale:
+        raise ValueError(f"patch_size {patch_size} is smaller than the scale {scale}")
+    ds, _ = _read(source, split, groups=("rgb",), training=training,
+                  shuffle_buffer=max(1, shuffle_buffer // max(1, patches_per_image)),
+                  seed=seed, verify=verify)
+    ds = _patch_dataset(ds, patch_size=patch, training=training,
+                        patches_per_image=patches_per_image, stride=stride)
+    if training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed)
+
+    def pair(hr):
+        lr = bicubic_downscale(hr, scale)
+        if upsample:
+            lr = bicubic_upscale(lr, scale)
+        if channels == "y":
+            return to_y(lr), to_y(hr)
+        return lr, hr
+
+    ds = ds.map(pair, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    return _finish(ds, batch_size, drop_remainder, repeat)

@@ -1,0 +1,163 @@
+"""The frozen global-feature embedder of Deep Koalarization (SPEC §1), shared by the record
+builder and by inference, so preprocessing is identical in training and serving.
+
+What the embedder sees is *the grayscale image*, never the colour one: the source is fitted
+into the embedder's square (aspect kept, white padding; ``koala.geometry.fit_square``), its
+lightness L* is taken (``koala.color.srgb_to_lab``), turned back into a neutral sRGB image with
+that lightness (``koala.color.gray_from_l``), replicated to three channels and scaled to
+[-1, 1] — exactly what the colorizer gets at inference from a grayscale photo.
+
+Embedders:
+  ``inception_resnet_v2``  the paper's: Keras' InceptionResNetV2 at 299 px, 1000-way softmax.
+  ``mobilenet``            MobileNet v1 (alpha 1.0) at 224 px, 1000-way softmax: cheap, and
+                           a real ImageNet copy ships in the project's shared weights for
+                           offline work.
+
+Weights (``weights=``):
+  ``"imagenet"``  keras.applications' ImageNet weights (downloaded once by Keras, or found in
+                  ``$KERAS_HOME/models``). If they can't be had, loading fails with
+                  :class:`koala.errors.WeightsError` naming the alternatives: koala never
+                  falls back to random weights on its own.
+  ``"none"``      random initialisation, for tests and offline smoke runs. Logged as a
+                  warning and recorded wherever the embedding is stored.
+  a path          a local Keras weights file for the full classifier (with its top).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from koala import color, geometry
+from koala.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedderSpec:
+    input_size: int
+    constructor: str  # attribute of keras.applications
+    kwargs: tuple = ()
+
+
+EMBEDDERS = {
+    "inception_resnet_v2": EmbedderSpec(299, "InceptionResNetV2"),
+    "mobilenet": EmbedderSpec(224, "MobileNet", (("alpha", 1.0),)),
+}
+
+
+def describe_weights(weights: str) -> dict:
+    """What the manifest records about a weights choice (a file also gets its size and sha256)."""
+    if weights in ("imagenet", "none"):
+        return {"weights": weights}
+    with open(weights, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"weights": os.path.abspath(weights), "bytes": os.path.getsize(weights), "sha256": digest}
+
+
+def build_classifier(name: str, weights: str) -> keras.Model:
+    """The Keras ImageNet classifier behind an embedder, frozen. See the module docstring."""
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder {name!r}; choose from {sorted(EMBEDDERS)}")
+    spec = EMBEDDERS[name]
+    ctor = getattr(keras.applications, spec.constructor)
+    size = spec.input_size
+    kwargs = dict(spec.kwargs, input_shape=(size, size, 3), include_top=True)
+    alternatives = (
+        f"Alternatives: pass a local Keras weights file for {spec.constructor} with its top "
+        f"(--embedder_weights=PATH), place Keras' cached file in $KERAS_HOME/models "
+        f"(default ~/.keras/models), or use --embedder_weights=none for random weights "
+        f"(recorded as such; the embedding then carries no semantics)."
+    )
+    if weights == "none":
+        log.warning(
+            "embedder %s uses RANDOM weights (--embedder_weights=none): the embedding carries "
+            "no ImageNet semantics.", name
+        )
+        model = ctor(weights=None, **kwargs)
+    elif weights == "imagenet":
+        try:
+            model = ctor(weights="imagenet", **kwargs)
+        except Exception as e:  # offline, proxy, corrupt cache: all end the same way
+            raise WeightsError(
+                f"could not load the ImageNet weights of {spec.constructor} ({type(e).__name__}: "
+                f"{e}). koala never falls back to random weights. {alternatives}"
+            ) from e
+    else:
+        if not os.path.isfile(weights):
+            raise WeightsError(f"embedder weights file not found: {weights}. {alternatives}")
+        try:
+            model = ctor(weights=weights, **kwargs)
+        except Exception as e:
+            raise WeightsError(
+                f"could not load embedder weights from {weights} into {spec.constructor} "
+                f"({type(e).__name__}: {e}). {alternatives}"
+            ) from e
+    model.trainable = False
+    return model
+
+
+class Embedder:
+    """A frozen classifier that maps sRGB images to their grayscale embedding.
+
+    >>> emb = Embedder("mobilenet", weights="none")
+    >>> square = emb.fit(rgb_uint8)               # (224, 224, 3) uint8, white-padded
+    >>> vectors = emb.embed(np.stack([square]))   # (1, 1000) float32, softmax
+
+    ``embed`` runs in fixed-size batches (the last one padded) so the graph is traced once.
+    """
+
+    def __init__(self, name: str = "inception_resnet_v2", weights: str = "imagenet",
+                 *, batch_size: int = 16, fit: str = "pad"):
+        self.name = name
+        self.weights = weights
+        self.fit_mode = fit
+        self.batch_size = batch_size
+        self.model = build_classifier(name, weights)
+        self.input_size = EMBEDDERS[name].input_size
+        self.dim = int(self.model.output_shape[-1])
+        size = self.input_size
+        self._embed_batch = tf.function(
+            self._forward,
+            input_signature=[tf.TensorSpec([batch_size, size, size, 3], tf.uint8)],
+        )
+
+    def preprocess(self, rgb: tf.Tensor) -> tf.Tensor:
+        """uint8 sRGB (B, S, S, 3) -> the classifier's input: gray replicated, in [-1, 1]."""
+        lab = color.srgb_to_lab(tf.cast(rgb, tf.float32) / 255.0)
+        gray = color.gray_from_l(lab[..., :1])
+        return gray * 2.0 - 1.0
+
+    def _forward(self, rgb):
+        return self.model(self.preprocess(rgb), training=False)
+
+    def fit(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) image of any size -> uint8 (S, S, 3), as the embedder wants it."""
+        return geometry.fit_square(rgb, self.input_size, self.fit_mode)
+
+    def embed(self, squares: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) fitted images -> float32 (N, dim) embeddings."""
+        squares = np.asarray(squares, np.uint8)
+        n = len(squares)
+        out = []
+        for start in range(0, n, self.batch_size):
+            chunk = squares[start : start + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            out.append(self._embed_batch(tf.constant(chunk)).numpy()[: self.batch_size - pad])
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def describe(self) -> dict:
+        """Name, input size, output dim and weights, for manifests and logs."""
+        return {"name": self.name, "input_size": self.input_size, "dim": self.dim,
+                "fit": self.fit_mode, **describe_weights(self.weights)}

@@ -1,0 +1,183 @@
+"""tf.data pipelines: shapes and value ranges (eager and inside tf.data), stored precision,
+augmentation, SR pairs, corrupt shards named, wrong field groups refused."""
+
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_photo_folder
+from PIL import Image
+from skimage import color as skcolor
+
+from koala import geometry
+from koala.data import build, features, pipelines, records
+from koala.errors import CorruptShardError, RecordsError
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def record_dir(tmp_path_factory, mobilenet_none):
+    root = tmp_path_factory.mktemp("pipes")
+    make_photo_folder(root / "photos", n_good=6, with_bad=False)
+    cfg = build.BuildConfig(input_dir=str(root / "photos"), output_dir=str(root / "records"),
+                            image_size=SIZE, embedder="mobilenet", embedder_weights="none",
+                            batch_size=4, examples_per_shard=2, val_fraction=0.0,
+                            progress=False)
+    assert build.build(cfg, embedder=mobilenet_none).ok
+    return root
+
+
+def first_parsed(record_dir, groups):
+    (f, *_) = sorted((record_dir / "records").glob("train-*.tfrecord"))
+    serialized = next(iter(tf.data.TFRecordDataset(str(f))))
+    return features.parse(serialized, groups)
+
+
+def test_colorization_batches_shapes_and_ranges(record_dir):
+    ds = pipelines.colorization_dataset(record_dir / "records", batch_size=2, training=True,
+                                        seed=1)
+    spec_x, spec_y = ds.element_spec
+    assert spec_x["l"].shape.as_list() == [None, SIZE, SIZE, 1]
+    assert spec_x["embedding"].shape.as_list() == [None, 1000]
+    assert spec_y.shape.as_list() == [None, SIZE, SIZE, 2]
+    n = 0
+    for x, ab in ds:
+        assert x["l"].dtype == tf.float32 and ab.dtype == tf.float32
+        assert -1.0 <= float(tf.reduce_min(x["l"])) and float(tf.reduce_max(x["l"])) <= 1.0
+        assert float(tf.reduce_max(tf.abs(ab))) <= 1.0
+        assert float(tf.reduce_max(tf.abs(ab))) > 0.05  # the photos are colourful
+        np.testing.assert_allclose(tf.reduce_sum(x["embedding"], -1), 1.0, atol=5e-3)
+        n += int(ab.shape[0])
+    assert n == 6
+
+
+def test_decode_eager_matches_inside_tf_data(record_dir):
+    parsed = first_parsed(record_dir, ["color"])
+    eager = pipelines.decode_color_example(parsed, embedding_dim=1000)
+    ds = pipelines.colorization_dataset(record_dir / "records", batch_size=1, training=False)
+    x, ab = next(iter(ds))
+    np.testing.assert_array_equal(x["l"][0], eager["l"])
+    np.testing.assert_array_equal(ab[0], eager["ab"])
+    np.testing.assert_array_equal(x["embedding"][0], eager["embedding"])
+
+
+def test_stored_precision_matches_the_documented_bounds(record_dir):
+    parsed = first_parsed(record_dir, ["color"])
+    name = parsed[features.NAME].numpy().decode()
+    rgb = np.asarray(Image.open(record_dir / "photos" / name).convert("RGB"))
+    truth = skcolor.rgb2lab(geometry.fit_square(rgb, SIZE, "pad") / 255.0)
+    l = features.decode_l(parsed[features.L]).numpy()[..., 0]
+    ab = features.decode_ab(parsed[features.AB]).numpy()
+    assert np.abs(l - truth[..., 0]).max() <= 100 / 255 / 2 + 1e-3
+    assert np.abs(ab - truth[..., 1:]).max() <= 0.5 + 1e-3
+
+
+def test_padding_is_white(record_dir):
+    # img00 is 48x64 (landscape): the top rows of the 32x32 square are white padding.
+    parsed = None
+    for s in tf.data.TFRecordDataset([str(p) for p in (record_dir / "records").glob("*")
+                                      if p.suffix == ".tfrecord"]):
+        ex = features.parse(s, ["color"])
+        if ex[features.NAME].numpy() == b"img00.jpg":
+            parsed = ex
+    assert parsed is not None
+    l = features.decode_l(parsed[features.L]).numpy()[..., 0]
+    ab = features.decode_ab(parsed[features.AB]).numpy()
+    assert np.all(np.abs(l[0] - 100) < 0.2) and np.all(np.abs(ab[0]) <= 1)
+
+
+def test_crop_and_flip_augmentation(record_dir):
+    ds = pipelines.colorization_dataset(record_dir / "records", batch_size=3, training=True,
+                                        crop_size=24, seed=3)
+    x, ab = next(iter(ds))
+    assert x["l"].shape[1:] == (24, 24, 1) and ab.shape[1:] == (24, 24, 2)
+    example = {"l": tf.reshape(tf.range(16, dtype=tf.float32), [4, 4, 1]),
+               "ab": tf.zeros([4, 4, 2]), "embedding": tf.zeros([3])}
+    flips = set()
+    for _ in range(20):
+        out = pipelines.augment_color(example, crop_size=None, training=True)
+        flips.add(float(out["l"][0, 0, 0]))
+    assert flips == {0.0, 3.0}  # identity or mirrored, nothing else
+    centre = pipelines.augment_color(example, crop_size=2, training=False)
+    np.testing.assert_array_equal(centre["l"][..., 0], [[5, 6], [9, 10]])
+
+
+def test_rgb_patches(record_dir):
+    ds = pipelines.rgb_dataset(record_dir / "records", patch_size=24, batch_size=2,
+                               patches_per_image=2, seed=0)
+    batches = list(ds)
+    assert sum(int(b.shape[0]) for b in batches) == 12
+    for b in batches:
+        assert b.shape[1:] == (24, 24, 3) and b.dtype == tf.float32
+        assert 0.0 <= float(tf.reduce_min(b)) and float(tf.reduce_max(b)) <= 1.0
+
+
+@pytest.mark.parametrize("channels,upsample", [("y", True), ("rgb", False)])
+def test_sr_pairs(record_dir, channels, upsample):
+    ds = pipelines.sr_dataset(record_dir / "records", scale=3, patch_size=25, batch_size=4,
+                              channels=channels, upsample=upsample, patches_per_image=2, seed=0)
+    lr, hr = next(iter(ds))
+    c = 1 if channels == "y" else 3
+    assert hr.shape[1:] == (24, 24, c)  # 25 rounded down to a multiple of 3
+    assert lr.shape[1:] == ((24, 24, c) if upsample else (8, 8, c))
+    if channels == "y":
+        assert 16 / 255 - 1e-4 <= float(tf.reduce_min(hr)) <= float(tf.reduce_max(hr)) \
+            <= 235 / 255 + 1e-4
+    else:
+        np.testing.assert_allclose(lr, pipelines.bicubic_downscale(hr, 3), atol=1e-6)
+
+
+def test_sr_grid_patches_cover_the_image():
+    image = tf.reshape(tf.range(10 * 10 * 3, dtype=tf.float32), [10, 10, 3])
+    patches = pipelines.grid_patches(image, 4, 3)  # 3x3 positions
+    assert patches.shape == (9, 4, 4, 3)
+    np.testing.assert_array_equal(patches[4], image[3:7, 3:7])
+
+
+def test_bicubic_downscale_antialiases():
+    stripes = tf.tile(tf.constant([[0.0], [1.0]]), [12, 12])[..., None]  # 24x12, period 2
+    low = pipelines.bicubic_downscale(stripes[:, :12], 4)
+    # Anti-aliased: the period-2 stripes average to grey instead of aliasing to 0 or 1.
+    np.testing.assert_allclose(low, 0.5, atol=0.05)
+
+
+def test_corrupt_shard_is_named(record_dir, tmp_path):
+    copy = tmp_path / "records"
+    shutil.copytree(record_dir / "records", copy)
+    victim = sorted(copy.glob("train-*.tfrecord"))[1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match=victim.name):
+        pipelines.colorization_dataset(copy, batch_size=2)
+    # Without a manifest every record is read once: the CRC check names the file too.
+    (copy / "manifest.json").unlink()
+    with pytest.raises(CorruptShardError, match=victim.name):
+        pipelines.colorization_dataset(copy, batch_size=2)
+    victim.write_bytes(bytes(data[: len(data) // 3]))  # truncated
+    with pytest.raises(CorruptShardError, match=victim.name):
+        records.verify(records.resolve(copy))
+
+
+def test_resolve_patterns_and_errors(record_dir, tmp_path):
+    recs = records.resolve(str(record_dir / "records" / "train-*"))
+    assert len(recs.files) == 3 and recs.manifest is not None and recs.num_records == 6
+    assert recs.embedding_dim == 1000
+    with pytest.raises(RecordsError, match="no shards"):
+        records.resolve(tmp_path)
+    with pytest.raises(RecordsError, match="no shards"):
+        records.resolve(record_dir / "records", split="val")
+
+
+def test_pipeline_refuses_missing_groups(tmp_path):
+    photos = tmp_path / "photos"
+    make_photo_folder(photos, n_good=2, with_bad=False)
+    cfg = build.BuildConfig(input_dir=str(photos), output_dir=str(tmp_path / "rgb"),
+                            groups=("rgb",), val_fraction=0.0, progress=False)
+    assert build.build(cfg).ok
+    with pytest.raises(RecordsError, match="groups"):
+        pipelines.colorization_dataset(tmp_path / "rgb")
+    assert pathlib.Path(tmp_path / "rgb" / "manifest.json").exists()
