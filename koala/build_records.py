@@ -1,14 +1,15 @@
 r"""Builds sharded TFRecords from a folder of images.
 
-  python data_prep/build_records.py   (or: python -m koala.build_records, koala-build-records) --input_dir=PHOTOS --output_dir=RECORDS \
+  python data_prep/build_records.py --input_dir=PHOTOS --output_dir=RECORDS \
       [--embedder=inception_resnet_v2 --embedder_weights=imagenet|none|PATH] [--resume]
 
-With neither --input_dir nor --output_dir it builds the built-in sample photos
-(data/samples/) into data/records/samples/. Each image becomes one example with the field
-groups chosen by --groups (color: L, ab and the grayscale embedding at --image_size; rgb: the
-image itself, long side capped at --max_side). The split is a hash of the relative path. Bad
-images are skipped and listed in manifest.json; the exit status is non-zero only when no image
-was usable or more than --max_skipped_fraction were skipped. See koala/data/build.py.
+Also runnable as ``python -m koala.build_records``. With neither --input_dir nor
+--output_dir it builds the built-in sample photos (data/samples/) into
+data/records/samples/. Each image becomes one example with the field groups chosen by
+--groups (color: L, ab and the grayscale embedding at --image_size; rgb: the image itself,
+long side capped at --max_side). The split is a hash of the relative path. Bad images are
+skipped and listed in manifest.json; the exit status is non-zero only when no image was
+usable or more than --max_skipped_fraction were skipped. See koala/data/build.py.
 """
 
 import os

@@ -59,7 +59,8 @@ def describe_weights(weights: str) -> dict:
         return {"weights": weights}
     with open(weights, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"weights": os.path.abspath(weights), "bytes": os.path.getsize(weights), "sha256": digest}
+    return {"weights": os.path.abspath(weights), "bytes": os.path.getsize(weights),
+            "sha256": digest}
 
 
 def build_classifier(name: str, weights: str) -> keras.Model:

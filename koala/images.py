@@ -11,7 +11,8 @@ escape as Pillow, numpy or OS exceptions.
 :func:`find_images` and :func:`is_image_file` pick image files out of a folder by extension.
 
 Nothing here changes global state: Pillow's ``MAX_IMAGE_PIXELS`` and ``LOAD_TRUNCATED_IMAGES``
-are left alone, and Pillow's warnings are only caught locally.
+are left alone, and Pillow's warnings are only caught locally (and reported in
+:attr:`LoadedImage.warnings`).
 """
 
 from __future__ import annotations
@@ -180,14 +181,42 @@ def load_image(
     if not data:
         raise ImageError(display, "empty file")
     notes: list[str] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
-            return _decode(data, display, max_pixels, notes)
+            loaded = _decode(data, display, max_pixels, notes)
         except ImageError:
             raise
         except _DECODE_ERRORS as exc:
             raise ImageError(display, _reason(exc)) from exc
+    return dataclasses.replace(loaded, warnings=_warning_notes(caught) + loaded.warnings)
+
+
+def _warning_notes(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
+    """Notes for the warnings Pillow gave while decoding (about the file, e.g. corrupt EXIF).
+
+    ``DecompressionBombWarning`` is dropped (the pixel limit is checked separately); warnings that
+    aren't ``UserWarning`` (deprecations and the like, about code rather than the file) are
+    passed on to the caller's warning filters.
+    """
+    notes = []
+    for caught_warning in caught:
+        if issubclass(caught_warning.category, Image.DecompressionBombWarning):
+            continue
+        if not issubclass(caught_warning.category, UserWarning):
+            warnings.warn_explicit(
+                caught_warning.message,
+                caught_warning.category,
+                caught_warning.filename,
+                caught_warning.lineno,
+                source=caught_warning.source,
+            )
+            continue
+        message = " ".join(str(caught_warning.message).split())
+        if "exif" in message.lower():
+            message = f"ignored unreadable EXIF data ({message})"
+        notes.append(message)
+    return tuple(dict.fromkeys(notes))
 
 
 def _read_source(source: Source, name: str | None) -> tuple[str, bytes]:
@@ -277,17 +306,11 @@ def _is_8bit_rgb_png_or_jpeg(data: bytes, source_format: str) -> bool:
 
 def _apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
     """``im`` turned upright by its EXIF orientation; ``im`` itself if no turn is needed."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-        except _DECODE_ERRORS as exc:
-            notes.append(f"ignored unreadable EXIF orientation ({type(exc).__name__}: {exc})")
-            return im
-    damage = "; ".join(str(w.message).strip() for w in caught)
-    if damage:
-        what = "orientation" if orientation == 1 else "data"
-        notes.append(f"ignored unreadable EXIF {what} ({damage})")
+    try:
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except _DECODE_ERRORS as exc:
+        notes.append(f"ignored unreadable EXIF orientation ({type(exc).__name__}: {exc})")
+        return im
     if orientation == 1:
         return im
     if not isinstance(orientation, int) or orientation not in _ORIENTATION_TRANSPOSE:
@@ -315,6 +338,7 @@ def _to_rgb(im: Image.Image, icc: bytes | None, notes: list[str]) -> tuple[np.nd
     else:
         rgb = np.asarray(im if mode == "RGB" else im.convert("RGB"))
     was_grayscale = mode in _GRAY_MODES or _channels_equal(rgb)
+    # Only RGB profiles are applied; grayscale images' (gray) profiles are ignored.
     if icc and mode in _ICC_RGB_MODES and not _is_srgb(icc):
         converted = _icc_to_srgb(Image.fromarray(rgb), icc, notes)
         if converted is not None:

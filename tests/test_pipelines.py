@@ -181,3 +181,22 @@ def test_pipeline_refuses_missing_groups(tmp_path):
     with pytest.raises(RecordsError, match="groups"):
         pipelines.colorization_dataset(tmp_path / "rgb")
     assert pathlib.Path(tmp_path / "rgb" / "manifest.json").exists()
+
+
+def test_stored_rgb_decodes_exactly_like_the_loader(tmp_path):
+    from conftest import smooth_image, write_image
+
+    from koala.images import load_image
+
+    photos = tmp_path / "photos"
+    write_image(photos / "a.jpg", smooth_image(40, 56, 11), quality=85)
+    write_image(photos / "b.png", smooth_image(30, 20, 12))
+    cfg = build.BuildConfig(input_dir=str(photos), output_dir=str(tmp_path / "r"),
+                            groups=("rgb",), val_fraction=0.0, progress=False)
+    assert build.build(cfg).ok
+    (f,) = (tmp_path / "r").glob("train-*")
+    for s in tf.data.TFRecordDataset(str(f)):
+        ex = features.parse(s, ["rgb"])
+        name = ex[features.NAME].numpy().decode()
+        np.testing.assert_array_equal(features.decode_rgb(ex[features.RGB]),
+                                      load_image(photos / name).rgb)

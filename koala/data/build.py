@@ -29,6 +29,7 @@ import dataclasses
 import datetime
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -189,7 +190,8 @@ class Prepared:
     height: int
     width: int
     was_grayscale: bool
-    square: np.ndarray | None = None  # (image_size, image_size, 3) uint8
+    l_png: bytes | None = None
+    ab_png: bytes | None = None
     embed_square: np.ndarray | None = None  # (embedder size, ..., 3) uint8
     rgb: bytes | None = None
     rgb_height: int = 0
@@ -229,9 +231,13 @@ def prepare(path: str, name: str, config: BuildConfig, embed_size: int | None):
     out = Prepared(name, img.height, img.width, img.was_grayscale, seconds=seconds)
     if "color" in config.groups:
         t = time.perf_counter()
-        out.square = geometry.fit_square(img.rgb, config.image_size, config.fit)
+        square = geometry.fit_square(img.rgb, config.image_size, config.fit)
         out.embed_square = geometry.fit_square(img.rgb, embed_size, config.fit)
         seconds["fit"] = time.perf_counter() - t
+        t = time.perf_counter()
+        l_png, ab_png = encode_color(square)
+        out.l_png, out.ab_png = l_png.numpy(), ab_png.numpy()
+        seconds["lab_png"] = time.perf_counter() - t
     if "rgb" in config.groups:
         t = time.perf_counter()
         if img.passthrough and max(img.height, img.width) <= config.max_side:
@@ -247,7 +253,7 @@ def prepare(path: str, name: str, config: BuildConfig, embed_size: int | None):
 def _bounded_map(pool, fn, items, window):
     """Like ``pool.map`` (ordered) but with at most ``window`` items in flight (bounded RAM)."""
     it = iter(items)
-    pending = collections.deque(pool.submit(fn, *x) for _, x in zip(range(window), it))
+    pending = collections.deque(pool.submit(fn, *x) for x in itertools.islice(it, window))
     while pending:
         result = pending.popleft().result()
         nxt = next(it, None)
@@ -257,12 +263,12 @@ def _bounded_map(pool, fn, items, window):
 
 
 @tf.function(reduce_retracing=True)
-def _lab_quantized(squares):
-    """uint8 (B, S, S, 3) -> (L uint8 (B, S, S, 1), ab uint8 (B, S, S, 2)), features' encoding."""
-    lab = color.srgb_to_lab(tf.cast(squares, tf.float32) / 255.0)
+def encode_color(square):
+    """uint8 (S, S, 3) sRGB -> (L PNG, ab PNG) bytes in the schema's encoding (features)."""
+    lab = color.srgb_to_lab(tf.cast(square, tf.float32) / 255.0)
     l_q = tf.clip_by_value(tf.round(lab[..., :1] * features.L_LEVELS_PER_UNIT), 0, 255)
     ab_q = tf.clip_by_value(tf.round(lab[..., 1:]) + features.AB_OFFSET, 0, 255)
-    return tf.cast(l_q, tf.uint8), tf.cast(ab_q, tf.uint8)
+    return tf.io.encode_png(tf.cast(l_q, tf.uint8)), tf.io.encode_png(tf.cast(ab_q, tf.uint8))
 
 
 class _ShardWriter:
@@ -430,18 +436,13 @@ class Builder:
         color_fields = [{} for _ in good]
         if good and embedder is not None:
             t = time.perf_counter()
-            l_q, ab_q = _lab_quantized(tf.constant(np.stack([r.square for r in good])))
-            for fields, l_img, ab_img in zip(color_fields, l_q, ab_q):
-                fields["l_png"] = tf.io.encode_png(l_img).numpy()
-                fields["ab_png"] = tf.io.encode_png(ab_img).numpy()
-            self.seconds["lab_png"] += time.perf_counter() - t
-            t = time.perf_counter()
             vectors = embedder.embed(np.stack([r.embed_square for r in good]))
             self.seconds["embed"] += time.perf_counter() - t
-            for fields, v in zip(color_fields, vectors):
-                fields["embedding"] = features.encode_embedding(v)
+            for fields, r, v in zip(color_fields, good, vectors, strict=False):
+                fields.update(l_png=r.l_png, ab_png=r.ab_png,
+                              embedding=features.encode_embedding(v))
         t = time.perf_counter()
-        for r, fields in zip(good, color_fields):
+        for r, fields in zip(good, color_fields, strict=False):
             rgb = {}
             if r.rgb is not None:
                 rgb = {"rgb": r.rgb, "rgb_height": r.rgb_height, "rgb_width": r.rgb_width}
@@ -484,7 +485,7 @@ class Builder:
         manifest = {
             "koala_version": koala.__version__,
             "schema_version": features.SCHEMA_VERSION,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "input_dir": os.path.abspath(cfg.input_dir),
             "groups": list(cfg.groups),
             "image_size": cfg.image_size,

@@ -177,8 +177,17 @@ def decode_embedding(raw: tf.Tensor, dim: int | None = None) -> tf.Tensor:
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG -> uint8 (H, W, 3)."""
-    return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    """Encoded JPEG/PNG -> uint8 (H, W, 3).
+
+    JPEGs use the accurate integer IDCT: TensorFlow's default fast IDCT differs from Pillow
+    (and libjpeg's default) by up to 8 levels, so training would see other pixels than the
+    loader, the evaluation and every image viewer.
+    """
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_png(encoded, channels=3, dtype=tf.uint8),
+    )
 
 
 def parse(serialized: tf.Tensor, groups) -> dict:

@@ -1,0 +1,266 @@
+"""Deep Koalarization: the fusion colorizer (SPEC §1).
+
+Paper: F. Baldassarre, D. González Morín, L. Rodés-Guirao, "Deep Koalarization: Image
+Colorization using CNNs and Inception-ResNet-v2", 2017 (arXiv:1712.03400); authors' code
+``baldassarreFe/deep-koalarization`` (TF 1.3 / Keras). Re-implementation notes:
+``seeds/koalarization_report_zh.txt``.
+
+A grayscale L channel goes through a convolutional encoder; a precomputed global embedding
+(the 1000-way ImageNet softmax of a frozen classifier applied to the same grayscale image,
+see :mod:`koala.embedder`) is tiled over the encoder's grid and concatenated to it ("fusion");
+a convolutional decoder with nearest-neighbour upsampling predicts a*b*.
+
+Inputs and output (names match :func:`koala.data.pipelines.colorization_dataset`)::
+
+    "l"          (B, S, S, 1)  float32, L / 50 - 1 in [-1, 1]   (koala.color.normalize_l)
+    "embedding"  (B, D)        float32, D = 1000 by default
+    output       (B, S, S, 2)  float32, ab / 128 in [-1, 1]      (koala.color.normalize_ab)
+
+S is any multiple of 8 (224 in the paper). Every conv is 3x3 ("same" padding, ReLU) unless
+marked; "BN" rows exist only with ``batch_norm=True``. Shapes and parameter counts for the
+paper model (S = 224, D = 1000, ``filters_scale=1``); a conv has k*k*c_in*c_out + c_out
+parameters, a BatchNorm 4*c (gamma, beta trainable; moving mean, variance not)::
+
+    layer                      output            params
+    input "l"                  224 x 224 x 1
+    enc_conv1   conv3/64/2     112 x 112 x 64        640
+    enc_bn1     BN             112 x 112 x 64        256
+    enc_conv2   conv3/128/1    112 x 112 x 128    73 856
+    enc_conv3   conv3/128/2     56 x 56 x 128    147 584
+    enc_bn2     BN              56 x 56 x 128        512
+    enc_conv4   conv3/256/1     56 x 56 x 256    295 168
+    enc_conv5   conv3/256/2     28 x 28 x 256    590 080
+    enc_bn3     BN              28 x 28 x 256      1 024
+    enc_conv6   conv3/512/1     28 x 28 x 512  1 180 160
+    enc_conv7   conv3/512/1     28 x 28 x 512  2 359 808
+    enc_conv8   conv3/256/1     28 x 28 x 256  1 179 904
+    input "embedding"          1000
+    fusion      tile + concat   28 x 28 x 1256         0
+    fusion_conv conv1/256/1     28 x 28 x 256    321 792
+    dec_conv1   conv3/128       28 x 28 x 128    295 040
+    dec_up1     up x2           56 x 56 x 128          0
+    dec_bn1     BN              56 x 56 x 128        512
+    dec_conv2   conv3/64        56 x 56 x 64      73 792
+    dec_conv3   conv3/64        56 x 56 x 64      36 928
+    dec_up2     up x2          112 x 112 x 64          0
+    dec_bn2     BN             112 x 112 x 64        256
+    dec_conv4   conv3/32       112 x 112 x 32     18 464
+    dec_conv5   conv3/2        112 x 112 x 2         578   (linear; tanh in "ab_tanh")
+    ab_tanh     tanh           112 x 112 x 2           0
+    ab          up x2          224 x 224 x 2           0
+    total: 6 573 794 without BN, 6 576 354 with BN (+2 560 = 4 * (64+128+256 + 128+64))
+
+Departures from the paper and the authors' code:
+
+1. **BatchNorm** (``batch_norm=True``, the default, is the report's choice; ``False`` is the
+   paper/original code, which has no normalisation). BN sits *after the ReLU* of each
+   stride-2 encoder conv, and right after the first two decoder upsamplings. The report puts
+   BN "after each upsampling"; the third upsampling follows the tanh output, and a BN there
+   would shift and scale the prediction out of [-1, 1] (and the ab target's range), so that
+   one gets none.
+2. **ab scaling**: the target is ``ab / 128`` (``koala.color.AB_SCALE``, as in the paper);
+   the original code divided by 127. This changes the data, not the network.
+3. **Where the last upsample sits**: as in the original code, the tanh comes *before* the
+   final x2 nearest upsampling, so the network predicts ab at S/2 and repeats each value in
+   a 2x2 block. (Nearest upsampling commutes with tanh, so the order changes nothing
+   numerically.) The final conv is linear and the tanh is a separate float32 layer, so the
+   output is float32 and in [-1, 1] under a mixed-precision policy too.
+4. **Embedding size**: Keras' ImageNet classifiers have a 1000-way softmax; the original
+   TF-slim Inception-ResNet-v2 had 1001 logits (with "background"). ``embedding_dim``
+   defaults to 1000.
+5. **Input size**: the original hard-codes 224 (28x28 fusion grid); here S is any multiple
+   of 8, and :class:`FusionLayer` tiles over whatever grid the encoder produces.
+6. ``filters_scale`` (1.0 = paper) multiplies every filter count except the 2 ab channels;
+   ``fusion_small`` (1/8 of the filters) exists for tests and smoke runs, not for results.
+
+Weights use Keras' defaults (Glorot-uniform kernels, zero biases), as the original Keras code
+did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import ops
+
+__all__ = [
+    "FusionConfig",
+    "FusionLayer",
+    "build_fusion",
+    "fusion",
+    "fusion_small",
+    "parameter_count_from_table",
+]
+
+# The layer table, shared by the builder and by :func:`parameter_count_from_table`.
+# Encoder: (filters, stride) of each 3x3 conv; BN follows each stride-2 conv.
+ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), (256, 1))
+# Decoder: 3x3 conv filter counts, or "up" for a x2 nearest upsampling. The last conv is the
+# 2-channel ab output (tanh), followed by one more "up" (see departure 3).
+DECODER = (128, "up", 64, 64, "up", 32)
+AB_CHANNELS = 2
+DOWNSAMPLING = 8  # three stride-2 convs
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+    """Hyper-parameters of the fusion colorizer (defaults = the paper with the report's BN).
+
+    image_size:     S, side of the square L input and ab output; a multiple of 8.
+    embedding_dim:  D, length of the global embedding (1000 for Keras' ImageNet softmax).
+    filters_scale:  multiplies every filter count except the 2 ab channels (rounded, >= 1).
+    batch_norm:     the report's BatchNorm layers (see the module docstring, departure 1).
+    fusion_filters: filters of the 1x1 conv after the fusion (256 in the paper); scaled too.
+    """
+
+    image_size: int = 224
+    embedding_dim: int = 1000
+    filters_scale: float = 1.0
+    batch_norm: bool = True
+    fusion_filters: int = 256
+
+    def __post_init__(self):
+        if self.image_size <= 0 or self.image_size % DOWNSAMPLING:
+            raise ValueError(
+                f"image_size must be a positive multiple of {DOWNSAMPLING}, got {self.image_size}"
+            )
+        if self.embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be positive, got {self.embedding_dim}")
+        if not self.filters_scale > 0:
+            raise ValueError(f"filters_scale must be positive, got {self.filters_scale}")
+        if self.fusion_filters <= 0:
+            raise ValueError(f"fusion_filters must be positive, got {self.fusion_filters}")
+
+    def filters(self, paper_filters: int) -> int:
+        """A paper filter count scaled by ``filters_scale``, rounded, at least 1."""
+        return max(1, round(paper_filters * self.filters_scale))
+
+
+@keras.saving.register_keras_serializable(package="koala")
+class FusionLayer(keras.layers.Layer):
+    """Tile a global vector over a feature map's grid and concatenate it to the channels.
+
+    Call with ``[features, embedding]``:
+      features:  (B, h, w, C) encoder output.
+      embedding: (B, D) global embedding.
+    Returns (B, h, w, C + D), where ``out[b, i, j, C:] == embedding[b]`` for every (i, j).
+
+    h and w are read from ``features`` when the layer runs, so the same layer works on any
+    grid (not only the 28x28 of a 224 px input). No weights.
+    """
+
+    def call(self, inputs):
+        features, embedding = inputs
+        # Under mixed precision both arrive in the compute dtype already (Keras autocasts
+        # the inputs); the cast keeps concatenation safe when they don't (e.g. autocast off).
+        embedding = ops.cast(embedding, features.dtype)
+        shape = ops.shape(features)  # dynamic where the grid is unknown until run time
+        tiled = ops.broadcast_to(
+            embedding[:, None, None, :], (shape[0], shape[1], shape[2], ops.shape(embedding)[-1])
+        )
+        return ops.concatenate([features, tiled], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        features_shape, embedding_shape = input_shape
+        channels = None
+        if features_shape[-1] is not None and embedding_shape[-1] is not None:
+            channels = features_shape[-1] + embedding_shape[-1]
+        return (*features_shape[:-1], channels)
+
+    def get_config(self):
+        # No hyper-parameters of its own: name, dtype policy and trainable are the base's.
+        return super().get_config()
+
+
+def _conv(filters: int, kernel: int, name: str, strides: int = 1, activation="relu"):
+    return keras.layers.Conv2D(
+        filters, kernel, strides=strides, padding="same", activation=activation, name=name
+    )
+
+
+def build_fusion(config: FusionConfig = FusionConfig()) -> keras.Model:
+    """The fusion colorizer as a functional Keras model named "fusion".
+
+    Inputs ``{"l": (B, S, S, 1), "embedding": (B, D)}`` (a dict, as the data pipeline yields
+    it); output ab (B, S, S, 2), float32, in [-1, 1]. See the module docstring for the layer
+    table and the departures from the paper.
+    """
+    size, dim = config.image_size, config.embedding_dim
+    l_input = keras.Input((size, size, 1), name="l")
+    embedding = keras.Input((dim,), name="embedding")
+
+    # Encoder: (B, S, S, 1) -> (B, S/8, S/8, 256 * scale).
+    x = l_input
+    n_bn = 0
+    for i, (filters, stride) in enumerate(ENCODER, start=1):
+        x = _conv(config.filters(filters), 3, f"enc_conv{i}", strides=stride)(x)
+        if config.batch_norm and stride == 2:
+            n_bn += 1
+            x = keras.layers.BatchNormalization(name=f"enc_bn{n_bn}")(x)
+
+    # Fusion: (B, h, w, C) + (B, D) -> (B, h, w, C + D) -> 1x1 conv -> (B, h, w, F).
+    x = FusionLayer(name="fusion")([x, embedding])
+    x = _conv(config.filters(config.fusion_filters), 1, "fusion_conv")(x)
+
+    # Decoder: (B, S/8, S/8, F) -> (B, S/2, S/2, 32 * scale).
+    n_conv = n_up = 0
+    for item in DECODER:
+        if item == "up":
+            n_up += 1
+            x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"dec_up{n_up}")(x)
+            if config.batch_norm:
+                x = keras.layers.BatchNormalization(name=f"dec_bn{n_up}")(x)
+        else:
+            n_conv += 1
+            x = _conv(config.filters(item), 3, f"dec_conv{n_conv}")(x)
+
+    # ab head: linear conv, then tanh and the final upsampling in float32, so the output
+    # is float32 in [-1, 1] even under a mixed-precision policy: (B, S/2, S/2, 2) -> (B, S, S, 2).
+    x = _conv(AB_CHANNELS, 3, f"dec_conv{n_conv + 1}", activation=None)(x)
+    x = keras.layers.Activation("tanh", dtype="float32", name="ab_tanh")(x)
+    ab = keras.layers.UpSampling2D(2, interpolation="nearest", dtype="float32", name="ab")(x)
+    return keras.Model({"l": l_input, "embedding": embedding}, ab, name="fusion")
+
+
+def parameter_count_from_table(config: FusionConfig) -> int:
+    """The model's parameter count, computed by hand from the layer table (not from Keras).
+
+    A k x k conv from c_in to c_out channels has k*k*c_in*c_out + c_out parameters; a
+    BatchNorm over c channels has 4*c (gamma, beta; moving mean, moving variance).
+    """
+
+    def conv(k, c_in, c_out):
+        return k * k * c_in * c_out + c_out
+
+    total, channels = 0, 1  # the L input has one channel
+    for filters, stride in ENCODER:
+        c_out = config.filters(filters)
+        total += conv(3, channels, c_out)
+        if config.batch_norm and stride == 2:
+            total += 4 * c_out
+        channels = c_out
+    fused = config.filters(config.fusion_filters)
+    total += conv(1, channels + config.embedding_dim, fused)
+    channels = fused
+    for item in DECODER:
+        if item == "up":
+            total += 4 * channels if config.batch_norm else 0
+        else:
+            total += conv(3, channels, config.filters(item))
+            channels = config.filters(item)
+    return total + conv(3, channels, AB_CHANNELS)
+
+
+def fusion(**kwargs) -> keras.Model:
+    """The paper's fusion colorizer; keyword arguments override :class:`FusionConfig`."""
+    return build_fusion(FusionConfig(**kwargs))
+
+
+def fusion_small(**kwargs) -> keras.Model:
+    """1/8 of the paper's filters at 64 px, for tests and smoke runs (not for results).
+
+    Defaults ``filters_scale=0.125, image_size=64``; keyword arguments override any
+    :class:`FusionConfig` field (``embedding_dim`` stays 1000 unless given, matching records).
+    """
+    return build_fusion(FusionConfig(**{"filters_scale": 0.125, "image_size": 64, **kwargs}))
