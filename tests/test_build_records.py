@@ -223,3 +223,19 @@ def test_cli_rejects_bad_flags(tmp_path):
     assert proc.returncode != 0 and "--fit" in proc.stderr
     proc = _cli(f"--input_dir={tmp_path}")
     assert proc.returncode != 0 and "--output_dir is required" in proc.stderr
+
+
+def test_broken_and_odd_files_from_make_odd_files(tmp_path, mobilenet_none):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_odd_files", REPO / "data_prep" / "make_odd_files.py")
+    odd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(odd)
+    odd.write_files(tmp_path / "photos")
+    result = build.build(config(tmp_path, max_skipped_fraction=0.6), embedder=mobilenet_none)
+    assert result.ok, result.message
+    assert sorted(s["path"] for s in result.manifest["skipped"]) == sorted(odd.BROKEN)
+    assert read_names(tmp_path / "records") == sorted(odd.ODD)
+    reasons = {s["path"]: s["reason"] for s in result.manifest["skipped"]}
+    assert "limit" in reasons["bomb.png"] and "truncated" in reasons["truncated.jpg"]

@@ -179,7 +179,7 @@ def _conv(filters: int, kernel: int, name: str, strides: int = 1, activation="re
     )
 
 
-def build_fusion(config: FusionConfig = FusionConfig()) -> keras.Model:
+def build_fusion(config: FusionConfig) -> keras.Model:
     """The fusion colorizer as a functional Keras model named "fusion".
 
     Inputs ``{"l": (B, S, S, 1), "embedding": (B, D)}`` (a dict, as the data pipeline yields
