@@ -112,7 +112,8 @@ class Embedder:
     >>> square = emb.fit(rgb_uint8)               # (224, 224, 3) uint8, white-padded
     >>> vectors = emb.embed(np.stack([square]))   # (1, 1000) float32, softmax
 
-    ``embed`` runs in fixed-size batches (the last one padded) so the graph is traced once.
+    ``embed`` runs in batches of ``batch_size``; the traced graph has a dynamic batch
+    dimension, so a short last batch costs only its own images and no retrace.
     """
 
     def __init__(self, name: str = "inception_resnet_v2", weights: str = "imagenet",
@@ -127,7 +128,7 @@ class Embedder:
         size = self.input_size
         self._embed_batch = tf.function(
             self._forward,
-            input_signature=[tf.TensorSpec([batch_size, size, size, 3], tf.uint8)],
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
         )
 
     def preprocess(self, rgb: tf.Tensor) -> tf.Tensor:
@@ -146,14 +147,8 @@ class Embedder:
     def embed(self, squares: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3) fitted images -> float32 (N, dim) embeddings."""
         squares = np.asarray(squares, np.uint8)
-        n = len(squares)
-        out = []
-        for start in range(0, n, self.batch_size):
-            chunk = squares[start : start + self.batch_size]
-            pad = self.batch_size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            out.append(self._embed_batch(tf.constant(chunk)).numpy()[: self.batch_size - pad])
+        out = [self._embed_batch(tf.constant(squares[start : start + self.batch_size])).numpy()
+               for start in range(0, len(squares), self.batch_size)]
         if not out:
             return np.zeros((0, self.dim), np.float32)
         return np.concatenate(out).astype(np.float32)

@@ -34,7 +34,7 @@ def test_fit_keeps_aspect_and_pads_white(mobilenet_none):
 
 def test_embed_batches_match_single_images(mobilenet_none):
     squares = np.stack([mobilenet_none.fit(smooth_image(30, 40, i)) for i in range(5)])
-    together = mobilenet_none.embed(squares)  # batch_size 4: one full, one padded batch
+    together = mobilenet_none.embed(squares)  # batch_size 4: one full batch, one short one
     assert together.shape == (5, 1000) and together.dtype == np.float32
     np.testing.assert_allclose(together.sum(-1), 1.0, atol=1e-4)
     alone = np.concatenate([mobilenet_none.embed(squares[i : i + 1]) for i in range(5)])

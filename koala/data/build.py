@@ -268,7 +268,9 @@ def encode_color(square):
     lab = color.srgb_to_lab(tf.cast(square, tf.float32) / 255.0)
     l_q = tf.clip_by_value(tf.round(lab[..., :1] * features.L_LEVELS_PER_UNIT), 0, 255)
     ab_q = tf.clip_by_value(tf.round(lab[..., 1:]) + features.AB_OFFSET, 0, 255)
-    return tf.io.encode_png(tf.cast(l_q, tf.uint8)), tf.io.encode_png(tf.cast(ab_q, tf.uint8))
+    level = features.PNG_COMPRESSION
+    return (tf.io.encode_png(tf.cast(l_q, tf.uint8), compression=level),
+            tf.io.encode_png(tf.cast(ab_q, tf.uint8), compression=level))
 
 
 class _ShardWriter:
