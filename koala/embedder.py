@@ -19,7 +19,9 @@ Weights (``weights=``):
                   :class:`koala.errors.WeightsError` naming the alternatives: koala never
                   falls back to random weights on its own.
   ``"none"``      random initialisation, for tests and offline smoke runs. Logged as a
-                  warning and recorded wherever the embedding is stored.
+                  warning and recorded wherever the embedding is stored. The random weights
+                  are drawn from a fixed seed (``NONE_WEIGHTS_SEED``), so records built in one
+                  process and inference in another see the same random embedder.
   a path          a local Keras weights file for the full classifier (with its top).
 """
 
@@ -29,6 +31,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import random
 
 import keras
 import numpy as np
@@ -46,6 +49,10 @@ class EmbedderSpec:
     constructor: str  # attribute of keras.applications
     kwargs: tuple = ()
 
+
+# Keras initializers without a seed draw one from Python's `random`; seeding it around the
+# construction makes `weights="none"` the same function in every process.
+NONE_WEIGHTS_SEED = 20171228
 
 EMBEDDERS = {
     "inception_resnet_v2": EmbedderSpec(299, "InceptionResNetV2"),
@@ -82,7 +89,12 @@ def build_classifier(name: str, weights: str) -> keras.Model:
             "embedder %s uses RANDOM weights (--embedder_weights=none): the embedding carries "
             "no ImageNet semantics.", name
         )
-        model = ctor(weights=None, **kwargs)
+        state = random.getstate()
+        random.seed(NONE_WEIGHTS_SEED)
+        try:
+            model = ctor(weights=None, **kwargs)
+        finally:
+            random.setstate(state)
     elif weights == "imagenet":
         try:
             model = ctor(weights="imagenet", **kwargs)

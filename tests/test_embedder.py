@@ -73,3 +73,10 @@ def test_bad_weights_files(tmp_path):
         build_classifier("mobilenet", str(junk))
     with pytest.raises(ValueError, match="unknown embedder"):
         build_classifier("vgg", "none")
+
+
+def test_random_weights_are_the_same_in_every_construction(mobilenet_none):
+    # Records built with weights=none and inference in another process must agree.
+    again = Embedder("mobilenet", "none", batch_size=4)
+    squares = np.stack([again.fit(smooth_image(30, 40, 9))])
+    np.testing.assert_array_equal(again.embed(squares), mobilenet_none.embed(squares))

@@ -176,3 +176,17 @@ def test_mixed_precision_output_is_float32(bf16_policy):
     ab = model(random_inputs(32), training=False)
     assert ab.dtype == tf.float32 and ab.shape == (2, 32, 32, 2)
     assert np.all(np.abs(ab.numpy()) <= 1.0)
+
+
+def test_saved_model_remembers_its_embedder(tmp_path):
+    from koala.models import fusion as fusion_lib
+
+    model = fusion_lib.fusion_small(image_size=32, embedding_dim=16, embedder="mobilenet",
+                                embedder_weights="/some/weights.h5", embedder_fit="crop")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, fusion_lib.FusionColorizer)
+    assert loaded.config == model.config
+    assert (loaded.config.embedder, loaded.config.embedder_weights, loaded.config.embedder_fit) \
+        == ("mobilenet", "/some/weights.h5", "crop")

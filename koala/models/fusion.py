@@ -85,6 +85,7 @@ import keras
 from keras import ops
 
 __all__ = [
+    "FusionColorizer",
     "FusionConfig",
     "FusionLayer",
     "build_fusion",
@@ -112,6 +113,11 @@ class FusionConfig:
     filters_scale:  multiplies every filter count except the 2 ab channels (rounded, >= 1).
     batch_norm:     the report's BatchNorm layers (see the module docstring, departure 1).
     fusion_filters: filters of the 1x1 conv after the fusion (256 in the paper); scaled too.
+    embedder, embedder_weights, embedder_fit:
+                    which :class:`koala.embedder.Embedder` makes the "embedding" input (name,
+                    weights, fit). Not part of the network: recorded in the saved model so
+                    ``koala.colorize`` rebuilds the embedder the model was trained with. The
+                    trainer copies them from the records' manifest.
     """
 
     image_size: int = 224
@@ -119,6 +125,9 @@ class FusionConfig:
     filters_scale: float = 1.0
     batch_norm: bool = True
     fusion_filters: int = 256
+    embedder: str = "inception_resnet_v2"
+    embedder_weights: str = "imagenet"
+    embedder_fit: str = "pad"
 
     def __post_init__(self):
         if self.image_size <= 0 or self.image_size % DOWNSAMPLING:
@@ -179,13 +188,8 @@ def _conv(filters: int, kernel: int, name: str, strides: int = 1, activation="re
     )
 
 
-def build_fusion(config: FusionConfig) -> keras.Model:
-    """The fusion colorizer as a functional Keras model named "fusion".
-
-    Inputs ``{"l": (B, S, S, 1), "embedding": (B, D)}`` (a dict, as the data pipeline yields
-    it); output ab (B, S, S, 2), float32, in [-1, 1]. See the module docstring for the layer
-    table and the departures from the paper.
-    """
+def _fusion_graph(config: FusionConfig):
+    """The functional graph: returns (inputs dict, ab output). See the module docstring."""
     size, dim = config.image_size, config.embedding_dim
     l_input = keras.Input((size, size, 1), name="l")
     embedding = keras.Input((dim,), name="embedding")
@@ -220,7 +224,40 @@ def build_fusion(config: FusionConfig) -> keras.Model:
     x = _conv(AB_CHANNELS, 3, f"dec_conv{n_conv + 1}", activation=None)(x)
     x = keras.layers.Activation("tanh", dtype="float32", name="ab_tanh")(x)
     ab = keras.layers.UpSampling2D(2, interpolation="nearest", dtype="float32", name="ab")(x)
-    return keras.Model({"l": l_input, "embedding": embedding}, ab, name="fusion")
+    return {"l": l_input, "embedding": embedding}, ab
+
+
+@keras.saving.register_keras_serializable(package="koala")
+class FusionColorizer(keras.Model):
+    """The fusion colorizer: a functional Keras model whose config is a :class:`FusionConfig`.
+
+    Inputs ``{"l": (B, S, S, 1), "embedding": (B, D)}`` (a dict, as the data pipeline yields
+    it); output ab (B, S, S, 2), float32, in [-1, 1]. ``model.config`` gives the
+    hyper-parameters and the embedder that makes the "embedding" input; a saved ``.keras``
+    file reloads with plain ``keras.saving.load_model`` once koala is imported.
+    """
+
+    def __init__(self, name="fusion", **config):
+        kwargs = {k: config.pop(k) for k in ("trainable", "dtype") if k in config}
+        self.config = FusionConfig(**config)
+        inputs, outputs = _fusion_graph(self.config)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                **dataclasses.asdict(self.config)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def build_fusion(config: FusionConfig) -> FusionColorizer:
+    """The fusion colorizer for a config (see :class:`FusionColorizer`)."""
+    return FusionColorizer(**dataclasses.asdict(config))
+
+
+
 
 
 def parameter_count_from_table(config: FusionConfig) -> int:
@@ -252,12 +289,12 @@ def parameter_count_from_table(config: FusionConfig) -> int:
     return total + conv(3, channels, AB_CHANNELS)
 
 
-def fusion(**kwargs) -> keras.Model:
+def fusion(**kwargs) -> FusionColorizer:
     """The paper's fusion colorizer; keyword arguments override :class:`FusionConfig`."""
     return build_fusion(FusionConfig(**kwargs))
 
 
-def fusion_small(**kwargs) -> keras.Model:
+def fusion_small(**kwargs) -> FusionColorizer:
     """1/8 of the paper's filters at 64 px, for tests and smoke runs (not for results).
 
     Defaults ``filters_scale=0.125, image_size=64``; keyword arguments override any
