@@ -27,6 +27,14 @@ def resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[..., None] if squeeze else out
 
 
+def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """Where an (height, width) image lands inside its ``fit="pad"`` square of ``size``:
+    (top, left, content_height, content_width). Inference crops predictions back with it."""
+    scale = size / max(height, width)
+    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+    return (size - nh) // 2, (size - nw) // 2, nh, nw
+
+
 def fit_square(rgb: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
     """Fits a uint8 (H, W, 3) image into a (size, size, 3) square.
 
@@ -36,12 +44,9 @@ def fit_square(rgb: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     h, w = rgb.shape[:2]
     if fit == "pad":
-        scale = size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        small = resize(rgb, nh, nw)
+        top, left, nh, nw = pad_box(h, w, size)
         out = np.full((size, size, rgb.shape[2]), PAD_VALUE, np.uint8)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        out[top : top + nh, left : left + nw] = small
+        out[top : top + nh, left : left + nw] = resize(rgb, nh, nw)
         return out
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
