@@ -104,6 +104,11 @@ def colorization_dataset(source, *, split="train", batch_size=32, training=True,
         return {"l": l, "embedding": ex["embedding"]}, ab
 
     ds = ds.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    if recs.num_records is not None:
+        # One example per record: the manifest's count is the cardinality. Keras then knows
+        # the epoch length (no spurious "ran out of data" warning), and a shard holding fewer
+        # records than the manifest says fails loudly instead of shortening the epoch.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(recs.num_records))
     return _finish(ds, batch_size, drop_remainder, repeat)
 
 

@@ -1,0 +1,395 @@
+r"""Colorizes grayscale (or desaturated colour) photos with a trained fusion colorizer.
+
+  python -m koala.colorize INPUT... -o OUTDIR --model MODEL.keras \
+      [--saturation=1.2] [--suffix=_color] [--grid] [--embedder_weights=PATH]
+
+INPUTs are image files or folders (walked recursively, sub-folders kept under OUTDIR). Each
+image becomes ``OUTDIR/<subfolders>/<stem><suffix>.png`` with exactly the input's size; with
+``--grid`` also ``<stem><suffix>_grid.png`` (input | output, plus the original when the input
+was colour). Colour inputs are desaturated first: only their lightness L* is used. Bad files
+are reported on stderr and skipped; the exit status is 1 if any image failed, 2 when nothing
+could be done (no model, no images).
+
+Inference (SPEC §1): the network sees the image fitted into its S x S square (aspect kept,
+white padding) and predicts a*b* there; the prediction is cropped back to the image's region,
+upsampled bilinearly to the full resolution and joined with the full-resolution L*, so the
+output keeps the input's size and sharpness (chroma is low-frequency; the eye takes detail
+from L*). As in the report, a*b* are multiplied by a saturation factor, 1.2 by default,
+because the regression towards the mean makes raw predictions dull.
+
+Library use::
+
+    colorizer = Colorizer.load("model.keras")        # builds the embedder once
+    rgb = colorizer.colorize(images.load_image("old.jpg"))   # uint8 (H, W, 3)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pathlib
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from koala import color, geometry, images
+from koala import grid as grid_lib
+from koala.embedder import Embedder
+from koala.errors import ImageError, KoalaError
+from koala.models import fusion  # noqa: F401  (registers FusionColorizer for load_model)
+from koala.models.fusion import FusionConfig
+from koala.progress import Progress
+
+__all__ = [
+    "DEFAULT_SATURATION",
+    "Colorizer",
+    "colorize",
+    "define_flags",
+    "gray_baseline",
+    "main",
+    "output_paths",
+    "run",
+]
+
+DEFAULT_SATURATION = 1.2
+"""SPEC §1: the report multiplies the predicted a*b* by 1.2 (raw outputs looked dull)."""
+
+INFERENCE_FIT = "pad"
+"""How the network's square is made at inference: always pad, so no part of the image is cut."""
+
+
+def _as_rgb(image) -> np.ndarray:
+    """A :class:`~koala.images.LoadedImage` or uint8 (H, W), (H, W, 1), (H, W, 3) array ->
+    uint8 (H, W, 3) (grayscale replicated)."""
+    if isinstance(image, images.LoadedImage):
+        return image.rgb
+    rgb = np.asarray(image)
+    if rgb.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image, got dtype {rgb.dtype}")
+    if rgb.ndim == 2:
+        rgb = rgb[:, :, None]
+    if rgb.ndim != 3 or rgb.shape[2] not in (1, 3):
+        raise ValueError(
+            f"expected an (H, W), (H, W, 1) or (H, W, 3) image, got shape {rgb.shape} "
+            "(load files with koala.images.load_image, which composites alpha)"
+        )
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"empty image of shape {rgb.shape}")
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    return rgb
+
+
+def _lightness(rgb: np.ndarray) -> tf.Tensor:
+    """uint8 (..., 3) sRGB -> float32 L* (..., 1) in [0, 100]."""
+    return color.srgb_to_lab(tf.cast(rgb, tf.float32) / 255.0)[..., :1]
+
+
+def _lab_to_uint8(lightness: tf.Tensor, ab: tf.Tensor) -> np.ndarray:
+    """L* (H, W, 1) and a*b* (H, W, 2), float32 -> uint8 sRGB (H, W, 3), rounded."""
+    rgb = color.lab_to_srgb(tf.concat([lightness, ab], axis=-1))  # clipped to [0, 1]
+    return np.round(rgb.numpy() * 255.0).astype(np.uint8)
+
+
+def gray_baseline(rgb) -> np.ndarray:
+    """The gray baseline (ab = 0): ``Lab(L*, 0, 0)`` of the input as uint8 sRGB.
+
+    Args:
+      rgb: uint8 (H, W, 3) or (H, W) array, or a :class:`~koala.images.LoadedImage`.
+
+    Returns:
+      uint8 (H, W, 3), the input's lightness with no chroma (channels equal within 1 level).
+    """
+    lightness = _lightness(_as_rgb(rgb))
+    return _lab_to_uint8(lightness, tf.zeros_like(tf.concat([lightness, lightness], -1)))
+
+
+@functools.lru_cache(maxsize=2)
+def _default_embedder(name: str, weights: str, fit: str) -> Embedder:
+    """One embedder per (name, weights, fit) per process: building one takes seconds."""
+    return Embedder(name, weights, fit=fit)
+
+
+class Colorizer:
+    """A fusion model plus the embedder that makes its "embedding" input.
+
+    Args:
+      model: a :class:`koala.models.fusion.FusionColorizer` (anything with a
+        :class:`~koala.models.fusion.FusionConfig` as ``.config`` that maps
+        ``{"l": (B, S, S, 1) in [-1, 1], "embedding": (B, D)}`` to ab/128 (B, S, S, 2)).
+      embedder: the :class:`~koala.embedder.Embedder` to use. Default: the one recorded in
+        ``model.config`` (name, weights, fit), built once per process and shared.
+      embedder_weights: with ``embedder=None``, weights that replace the recorded ones
+        (``"imagenet"``, ``"none"`` or a local file), e.g. where the recorded file is elsewhere.
+
+    Raises:
+      KoalaError: ``model`` is not a fusion colorizer, or the embedder's output size is not the
+        model's ``embedding_dim``. :class:`~koala.errors.WeightsError` (a KoalaError) when the
+        embedder's weights can't be loaded.
+    """
+
+    def __init__(self, model, embedder: Embedder | None = None, *,
+                 embedder_weights: str | None = None):
+        config = getattr(model, "config", None)
+        if not isinstance(config, FusionConfig):
+            raise KoalaError(
+                f"{type(model).__name__} is not a koala fusion colorizer (no FusionConfig)"
+            )
+        if embedder is None:
+            embedder = _default_embedder(
+                config.embedder, embedder_weights or config.embedder_weights, config.embedder_fit
+            )
+        if embedder.dim != config.embedding_dim:
+            raise KoalaError(
+                f"embedder {embedder.name} gives {embedder.dim}-d embeddings but the model "
+                f"expects embedding_dim={config.embedding_dim}"
+            )
+        self.model = model
+        self.embedder = embedder
+        self.config = config
+        self.image_size = config.image_size
+        size, dim = config.image_size, config.embedding_dim
+        # Fixed shapes (dynamic batch): one trace for every image, whatever its size.
+        self._forward = tf.function(
+            self._call_model,
+            input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32),
+                             tf.TensorSpec([None, dim], tf.float32)],
+        )
+
+    def _call_model(self, l, embedding):
+        return self.model({"l": l, "embedding": embedding}, training=False)
+
+    @classmethod
+    def load(cls, path, *, embedder_weights: str | None = None) -> Colorizer:
+        """A colorizer from a saved ``.keras`` fusion model and the embedder it records.
+
+        Raises:
+          KoalaError: the file is missing, is not a loadable Keras model, or is not a koala
+            fusion colorizer; WeightsError when the embedder's weights can't be loaded.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise KoalaError(f"model file not found: {path}")
+        if path.endswith(".keras") and not zipfile.is_zipfile(path):
+            raise KoalaError(f"{path} is not a Keras model (a .keras file is a zip archive)")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as e:  # keras raises ValueError, OSError, zipfile errors, ...
+            message = " ".join(str(e).split())
+            if len(message) > 300:
+                message = message[:300] + "..."
+            raise KoalaError(
+                f"{path} is not a loadable Keras model ({type(e).__name__}: {message})"
+            ) from e
+        if not isinstance(model, fusion.FusionColorizer):
+            raise KoalaError(
+                f"{path} holds a {type(model).__name__}, not a koala fusion colorizer"
+            )
+        return cls(model, embedder_weights=embedder_weights)
+
+    def predict_ab(self, rgb) -> np.ndarray:
+        """Predicted a*b* at the input's full resolution.
+
+        Args:
+          rgb: uint8 (H, W, 3) or (H, W) array, or a LoadedImage. Only its L* is used.
+
+        Returns:
+          float32 (H, W, 2), a*b* in Lab units (ab/128 of the network times 128, so within
+          [-128, 128]): the network's S x S prediction cropped to the image's region of the
+          padded square and resized bilinearly to (H, W).
+        """
+        rgb = _as_rgb(rgb)
+        height, width = rgb.shape[:2]
+        size = self.image_size
+        square = geometry.fit_square(rgb, size, INFERENCE_FIT)  # (S, S, 3), white padding
+        l = color.normalize_l(_lightness(square))[None]  # (1, S, S, 1) in [-1, 1]
+        embedding = self.embedder.embed(self.embedder.fit(rgb)[None])  # (1, D)
+        ab = color.denormalize_ab(self._forward(l, tf.constant(embedding)))[0]  # (S, S, 2)
+        top, left, nh, nw = geometry.pad_box(height, width, size)
+        ab = ab[top : top + nh, left : left + nw]  # the image's region only
+        if (nh, nw) != (height, width):
+            # antialias only matters when shrinking (images smaller than S).
+            ab = tf.image.resize(ab, (height, width), method="bilinear", antialias=True)
+        return ab.numpy().astype(np.float32)
+
+    def colorize(self, image, *, saturation: float = DEFAULT_SATURATION) -> np.ndarray:
+        """Colorizes one image at its own resolution.
+
+        Args:
+          image: uint8 (H, W, 3) or (H, W) array, or a LoadedImage; colour images are used
+            through their lightness L* only (as if desaturated).
+          saturation: factor on the predicted a*b* (>= 0; 0 gives :func:`gray_baseline`).
+
+        Returns:
+          uint8 (H, W, 3) sRGB: the input's full-resolution L* with the predicted a*b*.
+        """
+        if not (math.isfinite(saturation) and saturation >= 0):
+            raise ValueError(f"saturation must be finite and >= 0, got {saturation}")
+        rgb = _as_rgb(image)
+        ab = tf.constant(self.predict_ab(rgb)) * saturation
+        return _lab_to_uint8(_lightness(rgb), ab)
+
+
+def colorize(model, image, *, embedder: Embedder | None = None,
+             saturation: float = DEFAULT_SATURATION) -> np.ndarray:
+    """Function form of :meth:`Colorizer.colorize`.
+
+    Args:
+      model: a :class:`Colorizer`, or a fusion colorizer Keras model (its recorded embedder is
+        then built once per process, or ``embedder`` is used).
+      image: uint8 (H, W, 3) or (H, W) array, or a LoadedImage.
+      embedder: an :class:`~koala.embedder.Embedder` to use instead of the recorded one.
+      saturation: factor on the predicted a*b* (>= 0).
+
+    Returns:
+      uint8 (H, W, 3), the same height and width as ``image``.
+    """
+    if isinstance(model, Colorizer):
+        colorizer = model if embedder is None else Colorizer(model.model, embedder)
+    else:
+        colorizer = Colorizer(model, embedder)
+    return colorizer.colorize(image, saturation=saturation)
+
+
+# --- Command line ------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+_DEFINED_IN: list[flags.FlagValues] = []
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the command-line flags (once per FlagValues).
+
+    Called by :func:`run`, not at import: :mod:`koala.evaluate` imports this module as a
+    library and defines flags of its own (``--model``, ``--output_dir``, ...) that would
+    otherwise clash.
+    """
+    if any(fv is flag_values for fv in _DEFINED_IN):
+        return
+    _DEFINED_IN.append(flag_values)
+    fv = flag_values
+    flags.DEFINE_string("output_dir", None, "Folder for the colorized PNGs (created).",
+                        short_name="o", flag_values=fv)
+    flags.DEFINE_string("model", None, "A fusion colorizer saved as .keras by koala.train.",
+                        flag_values=fv)
+    flags.DEFINE_float("saturation", DEFAULT_SATURATION,
+                       "Factor on the predicted a*b* (SPEC §1: 1.2; 0 gives the gray input).",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_string("suffix", "_color", "Appended to each output's stem: <stem><suffix>.png.",
+                        flag_values=fv)
+    flags.DEFINE_bool("grid", False, "Also write <stem><suffix>_grid.png: input | output "
+                      "(| original, for colour inputs).", flag_values=fv)
+    flags.DEFINE_string("embedder_weights", None,
+                        "Override the embedder weights recorded in the model: imagenet, none "
+                        "or a local weights file.", flag_values=fv)
+    flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS,
+                         "Decompression-bomb limit: larger images fail.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+    flags.register_validator("suffix", lambda s: "/" not in s and os.sep not in s,
+                             "--suffix must not contain a path separator", flag_values=fv)
+
+
+def output_paths(inputs, output_dir, suffix: str = "_color") -> list[tuple[pathlib.Path,
+                                                                           pathlib.Path]]:
+    """``(input file, output PNG)`` pairs for the command line's inputs.
+
+    A file maps to ``output_dir/<stem><suffix>.png``; a folder's images (found recursively by
+    :func:`koala.images.find_images`) keep their sub-folders under ``output_dir``.
+
+    Raises:
+      KoalaError: an input does not exist, two inputs would write the same output, or an
+        output would overwrite an input.
+    """
+    output_dir = pathlib.Path(output_dir)
+    pairs = []
+    for item in inputs:
+        root = pathlib.Path(item)
+        for path in images.find_images(root):
+            rel = path.relative_to(root).parent if root.is_dir() else pathlib.Path()
+            pairs.append((path, output_dir / rel / f"{path.stem}{suffix}.png"))
+    seen: dict[pathlib.Path, pathlib.Path] = {}
+    unique = []
+    for path, out in pairs:  # the same file named twice is colorized once
+        if path.resolve() not in seen:
+            seen[path.resolve()] = path
+            unique.append((path, out))
+    pairs = unique
+    owners: dict[pathlib.Path, pathlib.Path] = {}
+    for path, out in pairs:
+        for target in (out, out.with_name(out.stem + "_grid.png")):
+            key = target.resolve()
+            if key in seen:
+                raise KoalaError(f"{target} would overwrite the input {seen[key]}")
+            if key in owners and owners[key] != path:
+                raise KoalaError(f"{owners[key]} and {path} would both be written to {target}; "
+                                 "rename one or colorize them separately")
+            owners[key] = path
+    return pairs
+
+
+def _grid_row(loaded: images.LoadedImage, result: np.ndarray) -> list[np.ndarray]:
+    """input | output, or for colour inputs: desaturated input | output | original."""
+    if loaded.was_grayscale:
+        return [loaded.rgb, result]
+    return [gray_baseline(loaded.rgb), result, loaded.rgb]
+
+
+def main(argv):
+    inputs = argv[1:]
+    if not inputs:
+        print("error: give at least one input image or folder", file=sys.stderr)
+        return 2
+    try:
+        pairs = output_paths(inputs, FLAGS.output_dir, FLAGS.suffix)
+    except KoalaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not pairs:
+        print(f"error: no input images found in {' '.join(inputs)} "
+              f"(extensions: {' '.join(images.IMAGE_EXTENSIONS)})", file=sys.stderr)
+        return 2
+    try:
+        colorizer = Colorizer.load(FLAGS.model, embedder_weights=FLAGS.embedder_weights)
+    except KoalaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    done = failed = 0
+    with Progress(len(pairs), "colorize", "img", enabled=FLAGS.progress) as bar:
+        for path, out in pairs:
+            try:
+                loaded = images.load_image(path, max_pixels=FLAGS.max_pixels)
+                result = colorizer.colorize(loaded, saturation=FLAGS.saturation)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                grid_lib.save_png(out, result)
+                if FLAGS.grid:
+                    height = min(loaded.height, 512)  # never upscale; cap huge inputs
+                    grid_lib.save_png(out.with_name(out.stem + "_grid.png"),
+                                      grid_lib.make_grid([_grid_row(loaded, result)],
+                                                         height=height))
+                done += 1
+            except ImageError as e:
+                failed += 1
+                print(f"{e.path}: {e.reason}", file=sys.stderr)
+            except OSError as e:
+                failed += 1
+                print(f"{path}: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+            bar.update(1)
+    print(f"colorized {done}, failed {failed} -> {FLAGS.output_dir}")
+    return 1 if failed else 0
+
+
+def run():
+    define_flags()
+    flags.mark_flags_as_required(["output_dir", "model"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

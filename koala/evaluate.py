@@ -1,0 +1,559 @@
+r"""koala's one evaluation tool: models against their baseline on a folder of images.
+
+  python -m koala.evaluate --task=colorize --model=A.keras [--model=B.keras ...] \
+      --images=DIR [--output_dir=runs/eval/colorize] [--max_images=N] [--saturation=1.2] \
+      [--embedder_weights=W] [--grid_height=160]
+
+Tasks are looked up by name in :data:`TASKS`, an explicit dict of functions that take a frozen
+config dataclass and return a JSON-ready report dict. Only ``colorize`` exists so far.
+
+``--task=colorize`` (SPEC §1, §6) colorizes every image's grayscale version with each
+``--model`` and compares the result with the original colour image (the truth), next to the
+"gray" baseline (``Lab(L, 0, 0)``, ab = 0) that every colorizer must beat. Per image and method:
+PSNR and SSIM on RGB, the prediction's colourfulness, mean CIEDE2000 against the truth; their
+arithmetic means over the images. It writes, in ``--output_dir``:
+
+  ``metrics.json``  the report: per-image and mean metrics, the metric variants, the models,
+                    skipped files. An infinite PSNR (identical images) is written as the string
+                    ``"inf"`` (JSON has no Infinity); an undefined SSIM (image under 11 px on a
+                    side) as ``null``.
+  ``metrics.md``    one Markdown table per metric (one row per image, the gray baseline in the
+                    first column of every row, then each model) and a table of the means.
+  ``grid.png``      one row per image: [gray | model 1 | model 2 ... | truth].
+  ``flags.txt``     the command line's flags (``--flagfile=OUT/flags.txt`` re-runs it).
+
+Unreadable images are skipped and listed in the report; they never stop the run. Exit status:
+0 on success, 2 for unusable inputs (a missing model file or images folder, a model that doesn't
+load), 1 when no image could be evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+import numpy as np
+from absl import app, flags
+
+from koala import geometry, images, metrics
+from koala.colorize import DEFAULT_SATURATION, Colorizer, gray_baseline
+from koala.errors import ImageError, KoalaError
+from koala.grid import make_grid, save_png
+from koala.progress import Progress
+
+__all__ = [
+    "GRAY",
+    "TASKS",
+    "ColorizeEvalConfig",
+    "NoUsableImagesError",
+    "colorize_markdown",
+    "colorize_report",
+    "define_flags",
+    "evaluate_colorize",
+    "markdown_mean_table",
+    "model_names",
+    "run",
+    "to_json",
+]
+
+GRAY = "gray"  # name of the ab = 0 baseline in reports
+TRUTH = "truth"
+METRICS_JSON = "metrics.json"
+METRICS_MD = "metrics.md"
+GRID_PNG = "grid.png"
+
+# Keys of a per-image entry (and of "mean") that a model name must not take.
+_RESERVED_NAMES = frozenset({"name", "width", "height", "truth_colorfulness", GRAY, TRUTH})
+
+# SSIM's Gaussian window is 11x11 (koala.metrics): smaller images have no SSIM.
+_SSIM_MIN_SIDE = 11
+
+# Metric keys in report order, with how the Markdown tables print them.
+_METRICS = ("psnr", "ssim", "colorfulness", "delta_e00")
+_TITLES = {
+    "psnr": "PSNR (dB, higher is better)",
+    "ssim": "SSIM (higher is better)",
+    "colorfulness": "Colourfulness M (truth's in the last column)",
+    "delta_e00": "Mean ΔE00 (lower is better)",
+}
+_HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "colorfulness": "M", "delta_e00": "ΔE00"}
+_DECIMALS = {"psnr": 2, "ssim": 4, "colorfulness": 2, "delta_e00": 2}
+
+METRIC_VARIANTS = {
+    "psnr": "PSNR = 10 log10(255^2 / MSE) over all RGB pixels and channels (0..255, peak 255); "
+            "identical images give inf, written as the string \"inf\" in metrics.json",
+    "ssim": "SSIM (Wang et al. 2004) of each RGB channel, Gaussian window 11x11 sigma 1.5, "
+            "K1 0.01, K2 0.03, data range 255, population moments, 5 px border excluded; mean "
+            "of the three channels; null for images under 11 px on a side",
+    "colorfulness": "Hasler & Süsstrunk (2003) M = sqrt(std_rg^2 + std_yb^2) + "
+                    "0.3 sqrt(mean_rg^2 + mean_yb^2) of the method's output on 0..255 RGB "
+                    "(truth_colorfulness: of the ground truth)",
+    "delta_e00": "CIEDE2000 (kL = kC = kH = 1) between output and truth, sRGB -> CIE Lab "
+                 "(D65, 2 deg), mean over pixels",
+    "gray": "the gray baseline: Lab(L_truth, 0, 0) -> sRGB (ab = 0)",
+    "mean": "arithmetic mean over the evaluated images (SSIM: over the images that have one); "
+            "a single inf PSNR makes the mean inf",
+}
+
+
+class NoUsableImagesError(KoalaError):
+    """No image of the evaluation set could be read (the CLI exits 1)."""
+
+
+class SupportsColorize(Protocol):
+    """What :func:`colorize_report` needs of a model: :class:`koala.colorize.Colorizer` or a
+    stub with the same ``colorize`` method."""
+
+    def colorize(self, image: np.ndarray, *, saturation: float) -> np.ndarray: ...
+
+
+# Called once per evaluated image with its name and the uint8 (H, W, 3) cells of its grid
+# row: [gray, model 1, ..., truth].
+ImageCallback = Callable[[str, list[np.ndarray]], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Task "colorize".
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorizeEvalConfig:
+    """What :func:`evaluate_colorize` evaluates and where the results go.
+
+    models:           saved colorizers (``.keras`` files), at least one.
+    images:           a folder of images (walked recursively, ``koala.images.find_images``)
+                      or one image file.
+    output_dir:       where metrics.json, metrics.md and grid.png go (created if needed).
+    max_images:       stop after this many evaluated images (None: all of them).
+    saturation:       the chroma factor the colorizers apply (SPEC §1: the report's 1.2).
+    embedder_weights: overrides the embedder weights recorded in the models (None: keep).
+    grid_height:      height in pixels of every cell of grid.png.
+    progress:         show a progress bar over the images on stderr.
+    """
+
+    models: tuple[str, ...]
+    images: str
+    output_dir: str = os.path.join("runs", "eval", "colorize")
+    max_images: int | None = None
+    saturation: float = DEFAULT_SATURATION
+    embedder_weights: str | None = None
+    grid_height: int = 160
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.models:
+            raise ValueError("at least one model is needed")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
+        if not self.saturation >= 0:
+            raise ValueError(f"saturation must be >= 0, got {self.saturation}")
+        if self.grid_height < 1:
+            raise ValueError(f"grid_height must be >= 1, got {self.grid_height}")
+
+
+def model_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Table names for model files: the file stem, made unique.
+
+    Stems that collide (or that a report key already uses, like ``gray``) get the name of
+    their folder in front (``run1/model``); names still equal after that (the same file
+    twice) get ``#2``, ``#3``.
+    """
+    paths = [pathlib.Path(os.path.abspath(p)) for p in paths]
+    stems = [p.stem for p in paths]
+    names = [
+        f"{p.parent.name}/{p.stem}"
+        if stems.count(p.stem) > 1 or p.stem in _RESERVED_NAMES
+        else p.stem
+        for p in paths
+    ]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return unique
+
+
+def _method_metrics(truth: np.ndarray, output: np.ndarray) -> dict:
+    """PSNR, SSIM, colourfulness and mean ΔE00 of one uint8 (H, W, 3) output against the truth.
+
+    SSIM is None when a side is under 11 px (its Gaussian window doesn't fit).
+    """
+    fits = min(truth.shape[:2]) >= _SSIM_MIN_SIDE
+    return {
+        "psnr": metrics.psnr(truth, output, peak=255.0),
+        "ssim": metrics.ssim(truth, output, data_range=255.0, channel_axis=-1) if fits else None,
+        "colorfulness": metrics.colorfulness(output),
+        "delta_e00": metrics.mean_ciede2000(output, truth),
+    }
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    """Arithmetic mean of the values that aren't None; None if there are none."""
+    present = [v for v in values if v is not None]
+    return float(sum(present) / len(present)) if present else None
+
+
+def _display_name(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
+    """``path`` relative to ``root`` (posix), or as given when it isn't under ``root``."""
+    path = pathlib.Path(path)
+    if root is not None:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def colorize_report(
+    colorizers: dict[str, SupportsColorize],
+    image_paths: Iterable[str | os.PathLike],
+    *,
+    saturation: float = DEFAULT_SATURATION,
+    root: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    progress: bool = False,
+    on_image: ImageCallback | None = None,
+) -> dict:
+    """Evaluates colorizers and the gray baseline on image files; the core of the colorize task.
+
+    For each image (``koala.images.load_image``; unreadable ones are skipped and listed): the
+    truth is the image itself, the gray baseline ``gray_baseline(truth)``, and each model's
+    output ``colorizer.colorize(truth, saturation=saturation)``; each is scored against the
+    truth with :func:`_method_metrics`.
+
+    Args:
+      colorizers: table name -> model (a :class:`koala.colorize.Colorizer` or anything with its
+        ``colorize(image, *, saturation)``); names must not be ``gray``, ``truth`` or a
+        per-image key (see :func:`model_names`).
+      image_paths: image files, evaluated in this order.
+      saturation: passed to every ``colorize`` call.
+      root: image names in the report are relative to it (default: the paths as given).
+      max_images: stop after this many evaluated (not skipped) images.
+      progress: show a progress bar on stderr.
+      on_image: called as ``on_image(name, [gray, *outputs, truth])`` for every evaluated
+        image (uint8 arrays), e.g. to build a comparison grid.
+
+    Returns:
+      ``{"task": "colorize", "images": N, "methods": ["gray", *models], "saturation",
+      "metric_variants", "per_image": [...], "mean": {...}, "skipped": [...]}`` where each
+      per-image entry is ``{"name", "width", "height", "truth_colorfulness", "gray": {psnr,
+      ssim, colorfulness, delta_e00}, "<model>": {...}}``, ``mean`` has the same per-method
+      dicts plus ``"truth": {"colorfulness"}``, and ``skipped`` lists ``{"path", "reason"}``.
+      Values are Python floats; PSNR may be ``math.inf``, SSIM None (see the module docstring
+      for how metrics.json writes them).
+
+    Raises:
+      ValueError: a model name is reserved, or a model's output doesn't match its input's shape.
+    """
+    clashes = sorted(set(colorizers) & _RESERVED_NAMES)
+    if clashes:
+        raise ValueError(f"model names {clashes} are reserved; rename them (see model_names)")
+    paths = list(image_paths)
+    methods = [GRAY, *colorizers]
+    per_image: list[dict] = []
+    skipped: list[dict] = []
+    with Progress(len(paths), "evaluate", enabled=progress) as bar:
+        for path in paths:
+            if max_images is not None and len(per_image) >= max_images:
+                break
+            name = _display_name(path, root)
+            try:
+                truth = images.load_image(path, name=name).rgb
+            except ImageError as e:
+                skipped.append({"path": name, "reason": e.reason})
+                bar.update()
+                continue
+            outputs = {GRAY: gray_baseline(truth)}
+            for model_name, colorizer in colorizers.items():
+                output = np.asarray(colorizer.colorize(truth, saturation=saturation))
+                if output.shape != truth.shape:
+                    raise ValueError(f"model {model_name!r} returned shape {output.shape} for "
+                                     f"{name} of shape {truth.shape}")
+                outputs[model_name] = output
+            entry = {
+                "name": name,
+                "width": int(truth.shape[1]),
+                "height": int(truth.shape[0]),
+                "truth_colorfulness": metrics.colorfulness(truth),
+            }
+            for method in methods:
+                entry[method] = _method_metrics(truth, outputs[method])
+            per_image.append(entry)
+            if on_image is not None:
+                on_image(name, [*(outputs[m] for m in methods), truth])
+            bar.update()
+    mean = {m: {k: _mean(e[m][k] for e in per_image) for k in _METRICS} for m in methods}
+    mean[TRUTH] = {"colorfulness": _mean(e["truth_colorfulness"] for e in per_image)}
+    return {
+        "task": "colorize",
+        "images": len(per_image),
+        "methods": methods,
+        "saturation": float(saturation),
+        "metric_variants": dict(METRIC_VARIANTS),
+        "per_image": per_image,
+        "mean": mean,
+        "skipped": skipped,
+    }
+
+
+def evaluate_colorize(config: ColorizeEvalConfig) -> dict:
+    """The colorize task: loads the models, runs :func:`colorize_report`, writes the outputs.
+
+    Writes metrics.json, metrics.md and grid.png into ``config.output_dir`` (see the module
+    docstring) and returns the report as written to metrics.json, before JSON conversion
+    (``models`` maps table names to model files; ``images_dir``, ``embedder_weights`` and
+    ``grid_height`` are added to :func:`colorize_report`'s keys).
+
+    Raises:
+      KoalaError: a model file or the images folder is missing, or a model doesn't load.
+      NoUsableImagesError: no image could be evaluated (nothing is written then).
+    """
+    for path in config.models:
+        if not os.path.isfile(path):
+            raise KoalaError(f"model file not found: {path}")
+    paths = images.find_images(config.images)  # KoalaError when the folder is missing
+    if not paths:
+        raise NoUsableImagesError(f"no image files in {config.images}")
+    names = model_names(config.models)
+    colorizers = {
+        name: Colorizer.load(path, embedder_weights=config.embedder_weights)
+        for name, path in zip(names, config.models, strict=True)
+    }
+
+    height = config.grid_height
+    rows: list[list[np.ndarray]] = []
+
+    def keep_row(_name: str, cells: list[np.ndarray]) -> None:
+        # Shrink now, so the grid never holds full-size copies of every image.
+        rows.append([
+            geometry.resize(c, height, max(1, round(c.shape[1] * height / c.shape[0])))
+            for c in cells
+        ])
+
+    root = config.images if os.path.isdir(config.images) else None
+    result = colorize_report(colorizers, paths, saturation=config.saturation, root=root,
+                             max_images=config.max_images, progress=config.progress,
+                             on_image=keep_row)
+    if not result["images"]:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in result["skipped"][:3])
+        more = "; ..." if len(result["skipped"]) > 3 else ""
+        raise NoUsableImagesError(
+            f"no usable image in {config.images} ({len(result['skipped'])} skipped: "
+            f"{reasons}{more})")
+
+    report = {
+        "task": result["task"],
+        "images_dir": os.path.abspath(config.images),
+        "images": result["images"],
+        "models": {name: os.path.abspath(p) for name, p in zip(names, config.models, strict=True)},
+        "embedder_weights": config.embedder_weights,
+        "grid_height": config.grid_height,
+        **{k: v for k, v in result.items() if k not in ("task", "images")},
+    }
+    os.makedirs(config.output_dir, exist_ok=True)
+    _atomic_write_text(os.path.join(config.output_dir, METRICS_JSON), to_json(report))
+    _atomic_write_text(os.path.join(config.output_dir, METRICS_MD), colorize_markdown(report))
+    save_png(os.path.join(config.output_dir, GRID_PNG), make_grid(rows, height=height))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Report formatting.
+
+
+def _json_safe(value):
+    """``value`` with non-finite floats made JSON-safe: +-inf -> "inf"/"-inf", NaN -> None."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def to_json(report: dict) -> str:
+    """The report as strict JSON text (infinite PSNR as the string "inf", see the docstring)."""
+    return json.dumps(_json_safe(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _cell(value, decimals: int) -> str:
+    """A metric value for a Markdown cell: fixed decimals, "inf", or "n/a" for None."""
+    if value is None:
+        return "n/a"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{decimals}f}"
+
+
+def _escape(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """Markdown table lines; the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def markdown_mean_table(report: dict) -> str:
+    """The report's ``mean`` as a Markdown table: one row per method (and ``truth``), one
+    column per metric; cells a method has no value for are left empty. Works for any task whose
+    ``mean`` maps method -> {metric: value}."""
+    keys = list(dict.fromkeys(k for values in report["mean"].values() for k in values))
+    header = ["method", *(_HEADERS.get(k, k) for k in keys)]
+    rows = [[_escape(method), *(_cell(values[k], _DECIMALS.get(k, 4)) if k in values else ""
+                                for k in keys)]
+            for method, values in report["mean"].items()]
+    return "\n".join(_table(header, rows)) + "\n"
+
+
+def colorize_markdown(report: dict) -> str:
+    """metrics.md for the colorize task: per metric a table with one row per image, the gray
+    baseline first on every row and the models next to it; then the means."""
+    methods = report["methods"]
+    models = report.get("models") or {}
+    lines = [
+        "# Colorization: models against the gray baseline",
+        "",
+        f"{report['images']} images, saturation {report['saturation']:g}; "
+        f"{len(report['skipped'])} skipped.",
+        "",
+    ]
+    for name in methods[1:]:
+        lines.append(f"- `{_escape(name)}`: {models.get(name, 'in-memory model')}")
+    lines.append(f"- `{GRAY}`: {METRIC_VARIANTS['gray']}")
+    lines += ["", "## Mean", "", markdown_mean_table(report).rstrip("\n"), ""]
+    for key in _METRICS:
+        with_truth = key == "colorfulness"
+        header = ["image", *map(_escape, methods), *([TRUTH] if with_truth else [])]
+        rows = [[_escape(e["name"]),
+                 *(_cell(e[m][key], _DECIMALS[key]) for m in methods),
+                 *([_cell(e["truth_colorfulness"], _DECIMALS[key])] if with_truth else [])]
+                for e in report["per_image"]]
+        lines += [f"## {_TITLES[key]}", "", *_table(header, rows), ""]
+    lines += ["## Metric variants", ""]
+    lines += [f"- **{k}**: {v}" for k, v in METRIC_VARIANTS.items()]
+    if report["skipped"]:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- `{_escape(s['path'])}`: {s['reason']}" for s in report["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The tasks, by name, and the command line.
+
+TASKS: dict[str, Callable] = {"colorize": evaluate_colorize}
+"""Task name -> function(config) -> report dict."""
+
+FLAGS = flags.FLAGS
+_DEFINED_IN: list[flags.FlagValues] = []
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the command-line flags (once per FlagValues).
+
+    Called by :func:`run`, not at import, like :func:`koala.colorize.define_flags`: other entry
+    modules define flags of the same names (``--output_dir``, ``--progress``, ...), and a
+    process (a test session) that imports several of them must not see them clash.
+    """
+    if any(fv is flag_values for fv in _DEFINED_IN):
+        return
+    _DEFINED_IN.append(flag_values)
+    fv = flag_values
+    flags.DEFINE_enum("task", None, sorted(TASKS), "What to evaluate.", flag_values=fv)
+    flags.DEFINE_multi_string("model", None, "A saved model (.keras); repeat for several "
+                              "models, which then share one table.", flag_values=fv)
+    flags.DEFINE_string("images", None, "Folder of evaluation images (walked recursively), or "
+                        "one image file.", flag_values=fv)
+    flags.DEFINE_string("output_dir", None, "Where the report goes. Default: runs/eval/TASK.",
+                        flag_values=fv)
+    flags.DEFINE_integer("max_images", None, "Evaluate at most this many images (default: "
+                         "all).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("saturation", DEFAULT_SATURATION,
+                       "colorize: factor on the predicted a*b* (SPEC §1: 1.2).",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_string("embedder_weights", None,
+                        "colorize: override the embedder weights recorded in the models "
+                        "(imagenet, none or a local weights file).", flag_values=fv)
+    flags.DEFINE_integer("grid_height", 160, "Height in pixels of each grid.png cell.",
+                         lower_bound=8, flag_values=fv)
+    flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+
+
+_FLAG_NAMES = ("task", "model", "images", "output_dir", "max_images", "saturation",
+               "embedder_weights", "grid_height", "progress")
+
+
+def _colorize_config(fv: flags.FlagValues = FLAGS) -> ColorizeEvalConfig:
+    return ColorizeEvalConfig(
+        models=tuple(fv.model), images=fv.images,
+        output_dir=fv.output_dir or os.path.join("runs", "eval", "colorize"),
+        max_images=fv.max_images, saturation=fv.saturation,
+        embedder_weights=fv.embedder_weights, grid_height=fv.grid_height,
+        progress=fv.progress)
+
+
+# Task name -> config built from the flags; the same keys as TASKS.
+_CONFIG_FROM_FLAGS = {"colorize": _colorize_config}
+
+
+def _flags_text() -> str:
+    """The effective flags, one ``--flag=value`` per line (a flagfile)."""
+    lines = []
+    for name in _FLAG_NAMES:
+        value = FLAGS[name].value
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                lines.append(f"--{name}={item}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG_FROM_FLAGS[FLAGS.task]()
+    try:
+        report = TASKS[FLAGS.task](config)
+    except NoUsableImagesError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KoalaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _atomic_write_text(os.path.join(config.output_dir, "flags.txt"), _flags_text())
+    for item in report["skipped"]:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    print(f"{FLAGS.task}: {report['images']} images, {len(report['skipped'])} skipped; "
+          f"mean over images:")
+    print(markdown_mean_table(report), end="")
+    print(f"report: {os.path.join(config.output_dir, METRICS_MD)}")
+    return 0
+
+
+def run():
+    define_flags()
+    flags.mark_flags_as_required(["task", "model", "images"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

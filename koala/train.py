@@ -1,0 +1,111 @@
+r"""Trains any koala model: ``python -m koala.train --flagfile=experiments/<model>.flags``.
+
+  python -m koala.train --model=fusion --workdir=runs/fusion \
+      --train_records=data/records/samples [--val_records=...] [--epochs=400] ...
+
+All flags are optional and validated (--workdir and --train_records are required to run);
+flags live only here, and koala/training.py does the work (see its docstring for what a
+workdir holds, resume and NaN handling). Re-running the same command resumes; re-running with
+``--flagfile=WORKDIR/flags.txt`` reproduces a run.
+"""
+
+import sys
+
+from absl import app, flags
+
+from koala import training
+from koala.errors import KoalaError
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_enum("model", "fusion", sorted(training.MODELS), "Which model to train.")
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, backup, flags.txt.")
+flags.DEFINE_string("train_records", None, "Records directory (its train-* shards), a shard "
+                    "pattern, or a shard file.")
+flags.DEFINE_string("val_records", None, "Validation records (directory: its val-* shards). "
+                    "Default: the val split of --train_records when it has one.")
+flags.DEFINE_integer("epochs", 400, "Epochs (SPEC §1: the report converges in ~400).",
+                     lower_bound=1)
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch; default: one pass over the "
+                     "records.", lower_bound=1)
+flags.DEFINE_integer("validation_steps", None, "Validation steps; default: the whole split.",
+                     lower_bound=1)
+flags.DEFINE_integer("batch_size", 100, "Global batch size (SPEC §1: 100).", lower_bound=1)
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (SPEC §1: 1e-3).",
+                   lower_bound=0.0)
+flags.DEFINE_list("lr_boundaries", ["100", "150", "200", "300"],
+                  "Epochs at which the learning rate is multiplied by --lr_decay.")
+flags.DEFINE_float("lr_decay", 0.1, "Step decay factor (SPEC §1: ÷10).", lower_bound=0.0,
+                   upper_bound=1.0)
+flags.DEFINE_enum("mixed_precision", "auto", training.PRECISIONS,
+                  "auto: mixed_float16 on a GPU, float32 on a CPU.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).")
+flags.DEFINE_enum("distribute", "none", training.DISTRIBUTE,
+                  "none, or mirrored: tf.distribute.MirroredStrategy over local devices.")
+flags.DEFINE_integer("shuffle_buffer", 1024, "Records in the shuffle buffer.", lower_bound=1)
+flags.DEFINE_integer("crop_size", None, "Random training crops of this side (a multiple of "
+                     "8); the model is built at this size. Default: the records' size.",
+                     lower_bound=8)
+flags.DEFINE_bool("batch_norm", True, "Fusion: the report's BatchNorm layers (False = the "
+                  "paper's original code).")
+flags.DEFINE_float("filters_scale", None, "Fusion: multiply every filter count (1 = paper).",
+                   lower_bound=0.0)
+flags.DEFINE_integer("image_grid_count", 4, "Validation images in the TensorBoard grid.",
+                     lower_bound=0)
+flags.DEFINE_bool("verify_records", True, "Check every shard (sha256/CRC) before training.")
+
+flags.register_validator(
+    "lr_boundaries", lambda v: all(s.isdigit() and int(s) > 0 for s in v)
+    and [int(s) for s in v] == sorted({int(s) for s in v}),
+    "--lr_boundaries must be increasing positive epoch numbers, e.g. 100,150,200,300")
+flags.register_validator("crop_size", lambda v: v is None or v % 8 == 0,
+                         "--crop_size must be a multiple of 8")
+
+_CONFIG_FLAGS = ("model", "workdir", "train_records", "val_records", "epochs",
+                 "steps_per_epoch", "validation_steps", "batch_size", "learning_rate",
+                 "lr_decay", "mixed_precision", "jit_compile", "seed", "distribute",
+                 "shuffle_buffer", "crop_size", "batch_norm", "filters_scale",
+                 "image_grid_count", "verify_records")
+
+
+def effective_flags() -> str:
+    """Every koala.train flag with its value, one ``--flag=value`` per line (a flagfile)."""
+    names = sorted((*_CONFIG_FLAGS, "lr_boundaries"))
+    lines = [FLAGS[n].serialize() for n in names if FLAGS[n].value is not None]
+    return "# effective flags of this run: python -m koala.train --flagfile=THIS_FILE\n" + \
+        "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        config = training.TrainConfig(
+            lr_boundaries=tuple(int(b) for b in FLAGS.lr_boundaries),
+            **{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        history = training.train(config, flags_text=effective_flags())
+    except KoalaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # TerminateOnNaN(raise_error=True)
+        print(f"error: training stopped: {e} (the backup in {FLAGS.workdir}/backup is kept)",
+              file=sys.stderr)
+        return 3
+    epochs = len(history.epoch)
+    print(f"done: {epochs} epoch(s) this run; checkpoints in {config.workdir} "
+          f"(best.keras, last.keras), log {config.workdir}/log.csv")
+    return 0
+
+
+def run():
+    flags.mark_flags_as_required(["workdir", "train_records"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

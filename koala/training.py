@@ -1,0 +1,388 @@
+"""The training loop behind ``python -m koala.train`` (flags live in koala/train.py).
+
+One entry point trains every koala model. A model is looked up by name in ``MODELS`` (one
+explicit dict); each entry says how to build the model from the config and the records, and
+which task it serves (how to make its datasets, its loss, its image summaries).
+
+A run writes to its workdir:
+
+  flags.txt           the effective flags; ``--flagfile=WORKDIR/flags.txt`` re-runs it
+  run.json            the resolved config, the records it read, koala and TF versions
+  best.keras          the best model so far (lowest val_loss, or loss without validation)
+  last.keras          the model after the last finished epoch
+  log.csv             one row per epoch (loss, val_loss, learning rate)
+  tensorboard/        scalars, and an image grid [gray | predicted | truth] of fixed
+                      validation images every epoch
+  backup/             BackupAndRestore's state (weights, optimizer, epoch)
+
+Checkpoints are written under a temporary name and renamed, so a kill never leaves a
+half-written ``.keras``. Re-running the same command after a kill resumes from the last
+finished epoch with the optimizer state (``keras.callbacks.BackupAndRestore``); rows of the
+CSV log for epochs that will be redone are dropped, so the log never restarts from epoch 0 and
+never repeats an epoch. Re-running a finished run does nothing; raising ``--epochs`` continues
+it. A NaN or Inf loss stops the run with an error and keeps the backup
+(``TerminateOnNaN(raise_error=True)``: the plain one lets BackupAndRestore delete it).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import platform
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import koala
+from koala import color, grid
+from koala.data import pipelines, records
+from koala.errors import KoalaError
+from koala.models import fusion
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+DISTRIBUTE = ("none", "mirrored")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; ``koala/train.py`` maps its flags onto this."""
+
+    workdir: str
+    train_records: str
+    model: str = "fusion"
+    val_records: str | None = None
+    epochs: int = 400
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    lr_boundaries: tuple = (100, 150, 200, 300)
+    lr_decay: float = 0.1
+    mixed_precision: str = "auto"
+    jit_compile: bool = False
+    seed: int = 0
+    distribute: str = "none"
+    shuffle_buffer: int = 1024
+    crop_size: int | None = None
+    batch_norm: bool = True
+    filters_scale: float | None = None
+    image_grid_count: int = 4
+    verify_records: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr_boundaries", tuple(int(b) for b in self.lr_boundaries))
+        checks = [
+            (self.model in MODELS, f"unknown model {self.model!r}; choose from {sorted(MODELS)}"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+             "steps_per_epoch must be >= 1"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (list(self.lr_boundaries) == sorted(set(self.lr_boundaries))
+             and all(b > 0 for b in self.lr_boundaries),
+             "lr_boundaries must be increasing positive epochs"),
+            (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
+            (self.mixed_precision in PRECISIONS, f"mixed_precision must be one of {PRECISIONS}"),
+            (self.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
+            (self.crop_size is None or self.crop_size % 8 == 0,
+             "crop_size must be a multiple of 8"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _fusion_kwargs(cfg: TrainConfig, recs: records.RecordSet) -> dict:
+    """Fusion hyper-parameters from the flags, and the embedder from the records' manifest."""
+    manifest = recs.manifest or {}
+    emb = manifest.get("embedder") or {}
+    size = cfg.crop_size or manifest.get("image_size")
+    if not size or not emb.get("dim"):
+        raise KoalaError(f"{cfg.train_records}: the colorization records need a manifest.json "
+                         f"(image size, embedder) — rebuild them with build_records")
+    kwargs = {"image_size": size, "embedding_dim": emb["dim"], "batch_norm": cfg.batch_norm,
+              "embedder": emb.get("name", "inception_resnet_v2"),
+              "embedder_weights": emb.get("weights", "imagenet"),
+              "embedder_fit": emb.get("fit", manifest.get("fit", "pad"))}
+    if cfg.filters_scale is not None:
+        kwargs["filters_scale"] = cfg.filters_scale
+    return kwargs
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    build: Callable  # (TrainConfig, RecordSet) -> keras.Model
+    task: str
+
+
+MODELS = {
+    "fusion": ModelSpec(lambda c, r: fusion.fusion(**_fusion_kwargs(c, r)), "colorize"),
+    "fusion_small": ModelSpec(lambda c, r: fusion.fusion_small(**_fusion_kwargs(c, r)),
+                              "colorize"),
+}
+
+
+# --- tasks: datasets, loss, image summaries --------------------------------------------------
+
+
+def _colorize_datasets(cfg: TrainConfig, train_source, val_source, val_split):
+    kw = dict(batch_size=cfg.batch_size, crop_size=cfg.crop_size, verify=cfg.verify_records)
+    repeat = cfg.steps_per_epoch is not None
+    train = pipelines.colorization_dataset(
+        train_source, split="train", training=True, shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed, repeat=repeat, drop_remainder=cfg.distribute != "none", **kw)
+    val = None
+    if val_source is not None:
+        val = pipelines.colorization_dataset(val_source, split=val_split, training=False, **kw)
+    return train, val
+
+
+def lab_batch_to_rgb(l_norm, ab_norm) -> np.ndarray:
+    """Normalised L (B, H, W, 1) and ab (B, H, W, 2) -> uint8 sRGB (B, H, W, 3)."""
+    lab = tf.concat([color.denormalize_l(l_norm), color.denormalize_ab(ab_norm)], axis=-1)
+    return np.round(color.lab_to_srgb(lab).numpy() * 255).astype(np.uint8)
+
+
+class ColorizeImages(keras.callbacks.Callback):
+    """Writes [gray | predicted | truth] of fixed validation images to TensorBoard each epoch."""
+
+    def __init__(self, log_dir: str, examples):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "images"))
+        self.x, self.ab = examples
+
+    def on_epoch_end(self, epoch, logs=None):
+        pred = self.model(self.x, training=False)
+        zeros = tf.zeros_like(self.ab)
+        gray, out, truth = (lab_batch_to_rgb(self.x["l"], a) for a in (zeros, pred, self.ab))
+        image = grid.make_grid(list(zip(gray, out, truth, strict=True)), height=128)
+        with self.writer.as_default():
+            tf.summary.image("gray | predicted | truth", image[None], step=epoch)
+        self.writer.flush()
+
+
+def _fixed_examples(dataset, count):
+    """The first ``count`` examples of an unshuffled dataset, as one batch."""
+    xs, ys = [], []
+    for x, y in dataset.unbatch().take(count):
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        return None
+    return {k: tf.stack([x[k] for x in xs]) for k in xs[0]}, tf.stack(ys)
+
+
+TASKS = {
+    "colorize": {"datasets": _colorize_datasets, "loss": "mse", "images": ColorizeImages},
+}
+
+
+# --- callbacks ---------------------------------------------------------------------------------
+
+
+def step_schedule(base_lr: float, boundaries, decay: float) -> Callable[[int], float]:
+    """lr(epoch) = base_lr * decay ** (number of boundaries <= epoch) (SPEC §1: ÷10 at
+    epochs 100, 150, 200, 300)."""
+    boundaries = tuple(boundaries)
+
+    def lr(epoch, current_lr=None):
+        return float(base_lr * decay ** sum(epoch >= b for b in boundaries))
+
+    return lr
+
+
+def atomic_save(model: keras.Model, path: str) -> None:
+    """``model.save`` to a temporary name in the same folder, then rename over ``path``."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Saves last.keras every epoch and best.keras on improvement, atomically.
+
+    The best value so far lives in ``checkpoints.json`` so a resumed run keeps comparing
+    against it instead of overwriting best.keras with a worse model.
+    """
+
+    def __init__(self, workdir: str, monitor: str):
+        super().__init__()
+        self.workdir = workdir
+        self.monitor = monitor
+        self.state_path = os.path.join(workdir, "checkpoints.json")
+
+    def on_train_begin(self, logs=None):
+        self.state = {"best": None, "best_epoch": None, "last_epoch": None}
+        if os.path.exists(self.state_path):
+            with open(self.state_path) as f:
+                self.state = json.load(f)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        atomic_save(self.model, os.path.join(self.workdir, "last.keras"))
+        self.state["last_epoch"] = epoch
+        if value is not None and np.isfinite(value) and (
+                self.state["best"] is None or value < self.state["best"]):
+            atomic_save(self.model, os.path.join(self.workdir, "best.keras"))
+            self.state.update(best=float(value), best_epoch=epoch)
+        _write_json(self.state_path, self.state)
+
+
+class CSVLog(keras.callbacks.Callback):
+    """One CSV row per epoch; on resume, rows of epochs that will be redone are dropped.
+
+    Must come after BackupAndRestore in the callback list: it reads the restored epoch.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_train_begin(self, logs=None):
+        start = getattr(self.model, "_initial_epoch", None) or 0
+        self.rows, self.keys = [], None
+        if os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.keys = reader.fieldnames
+                self.rows = [r for r in reader if int(r["epoch"]) < start]
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(
+            self.model.optimizer.learning_rate))
+        self.keys = self.keys or list(row)
+        self.rows.append({k: row.get(k, "") for k in self.keys})
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.keys, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def resolve_precision(name: str) -> str:
+    """'auto' -> mixed_float16 on a GPU, float32 on a CPU."""
+    if name != "auto":
+        return name
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+def _strategy(name: str):
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _check_workdir(cfg: TrainConfig) -> None:
+    """Refuses to resume a workdir that holds a run with other settings (epochs may grow)."""
+    path = os.path.join(cfg.workdir, "run.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f).get("config", {})
+    current = _jsonable(cfg)
+    changed = sorted(k for k in current if k not in ("epochs", "verify_records")
+                     and previous.get(k) != current[k])
+    if changed:
+        detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise KoalaError(f"{cfg.workdir} holds a run with other settings ({detail}); "
+                         f"use a new --workdir to start another run")
+
+
+def _jsonable(cfg: TrainConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(cfg).items()}
+
+
+def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()):
+    """Trains ``cfg.model`` on ``cfg.train_records``; returns the Keras History.
+
+    ``flags_text`` (the effective flags, one per line) is written to WORKDIR/flags.txt.
+    ``extra_callbacks`` are appended (tests use them to simulate a kill).
+    """
+    os.makedirs(cfg.workdir, exist_ok=True)
+    _check_workdir(cfg)
+    spec = MODELS[cfg.model]
+    task = TASKS[spec.task]
+    keras.utils.set_random_seed(cfg.seed)
+
+    train_recs = records.resolve(cfg.train_records, "train")
+    if cfg.val_records:
+        val_source, val_split = cfg.val_records, "val"
+        if not tf.io.gfile.isdir(cfg.val_records):
+            val_split = None
+    elif tf.io.gfile.isdir(cfg.train_records) and tf.io.gfile.glob(
+            os.path.join(cfg.train_records, "val-*.tfrecord*")):
+        val_source, val_split = cfg.train_records, "val"
+    else:
+        val_source, val_split = None, None
+
+    precision = resolve_precision(cfg.mixed_precision)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        strategy = _strategy(cfg.distribute)
+        train_ds, val_ds = task["datasets"](cfg, cfg.train_records, val_source, val_split)
+        with strategy.scope():
+            model = spec.build(cfg, train_recs)
+            model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                          loss=task["loss"], jit_compile=cfg.jit_compile)
+        if flags_text is not None:
+            with open(os.path.join(cfg.workdir, "flags.txt.tmp"), "w") as f:
+                f.write(flags_text)
+            os.replace(os.path.join(cfg.workdir, "flags.txt.tmp"),
+                       os.path.join(cfg.workdir, "flags.txt"))
+        _write_json(os.path.join(cfg.workdir, "run.json"), {
+            "config": _jsonable(cfg), "precision": precision,
+            "train_records": list(train_recs.files),
+            "val_records": val_source, "parameters": model.count_params(),
+            "koala_version": koala.__version__, "tensorflow": tf.__version__,
+            "keras": keras.__version__, "python": platform.python_version(),
+            "devices": [d.name for d in tf.config.list_logical_devices()],
+            "replicas": strategy.num_replicas_in_sync,
+        })
+        monitor = "val_loss" if val_ds is not None else "loss"
+        tb_dir = os.path.join(cfg.workdir, "tensorboard")
+        callbacks = [
+            keras.callbacks.BackupAndRestore(os.path.join(cfg.workdir, "backup"),
+                                             delete_checkpoint=False),
+            keras.callbacks.TerminateOnNaN(raise_error=True),
+            keras.callbacks.LearningRateScheduler(
+                step_schedule(cfg.learning_rate, cfg.lr_boundaries, cfg.lr_decay)),
+            CSVLog(os.path.join(cfg.workdir, "log.csv")),
+            Checkpoints(cfg.workdir, monitor),
+            keras.callbacks.TensorBoard(tb_dir, update_freq="epoch", write_graph=False,
+                                        profile_batch=0),
+        ]
+        if val_ds is not None and cfg.image_grid_count > 0:
+            examples = _fixed_examples(val_ds, cfg.image_grid_count)
+            if examples is not None:
+                callbacks.append(task["images"](tb_dir, examples))
+        callbacks.extend(extra_callbacks)
+        return model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                         steps_per_epoch=cfg.steps_per_epoch,
+                         validation_steps=cfg.validation_steps, callbacks=callbacks, verbose="auto",
+                         shuffle=False)  # the pipeline shuffles
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)

@@ -1,0 +1,248 @@
+"""koala.evaluate --task=colorize: per-image and mean metrics against the gray baseline, the
+report files, and the command line. A tiny random fusion model; images built in tmp_path."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import smooth_image, write_image
+from PIL import Image
+
+from koala import evaluate, metrics
+from koala.colorize import Colorizer, gray_baseline
+from koala.errors import KoalaError
+from koala.grid import GAP
+from koala.models.fusion import fusion_small
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+HEIGHT, WIDTH = 40, 56
+NAMES = ["a.png", "b.jpg", "sub/c.png"]
+
+
+class Perfect:
+    """A colorizer stub that returns the truth itself."""
+
+    def colorize(self, image, *, saturation):
+        return np.array(image, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Three small colour images (one in a subfolder) and one corrupt file."""
+    root = tmp_path_factory.mktemp("photos")
+    for i, name in enumerate(NAMES):
+        kwargs = {"quality": 95} if name.endswith(".jpg") else {}
+        write_image(root / name, smooth_image(HEIGHT, WIDTH, seed=i), **kwargs)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A tiny fusion colorizer (random weights, random MobileNet embedder) saved as .keras."""
+    model = fusion_small(image_size=32, embedding_dim=1000, embedder="mobilenet",
+                         embedder_weights="none")
+    path = tmp_path_factory.mktemp("models") / "tiny.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(photos, model_path, mobilenet_none):
+    """colorize_report for the tiny model and the perfect stub on the photo folder."""
+    import keras
+
+    colorizer = Colorizer(keras.saving.load_model(model_path), embedder=mobilenet_none)
+    paths = sorted(photos.rglob("*.*"))
+    return evaluate.colorize_report({"tiny": colorizer, "perfect": Perfect()}, paths,
+                                    saturation=1.2, root=photos)
+
+
+def test_model_names_are_stems_made_unique():
+    assert evaluate.model_names(["runs/a/model.keras", "runs/b.keras"]) == ["model", "b"]
+    assert evaluate.model_names(["a/m.keras", "b/m.keras"]) == ["a/m", "b/m"]
+    assert evaluate.model_names(["a/m.keras", "a/m.keras"]) == ["a/m", "a/m#2"]
+    here = pathlib.Path.cwd().name  # a bare file name is in the current folder
+    assert evaluate.model_names(["m.keras", "m.keras"]) == [f"{here}/m", f"{here}/m#2"]
+    # Names the report already uses for its own keys get the folder in front.
+    assert evaluate.model_names(["x/gray.keras", "y/truth.keras"]) == ["x/gray", "y/truth"]
+
+
+def test_report_has_every_image_with_the_baseline_and_both_models(report):
+    assert report["task"] == "colorize" and report["images"] == 3
+    assert report["methods"] == ["gray", "tiny", "perfect"]
+    assert [e["name"] for e in report["per_image"]] == ["a.png", "b.jpg", "sub/c.png"]
+    for entry in report["per_image"]:
+        assert (entry["width"], entry["height"]) == (WIDTH, HEIGHT)
+        assert entry["truth_colorfulness"] > 10  # the test images are colourful
+        for method in report["methods"]:
+            assert set(entry[method]) == {"psnr", "ssim", "colorfulness", "delta_e00"}
+    assert [s["path"] for s in report["skipped"]] == ["broken.png"]
+    assert report["skipped"][0]["reason"]
+    assert set(report["mean"]) == {"gray", "tiny", "perfect", "truth"}
+
+
+def test_gray_baseline_metrics_are_koala_metrics(report, photos):
+    entry = report["per_image"][1]
+    truth = np.asarray(Image.open(photos / entry["name"]).convert("RGB"))
+    gray = gray_baseline(truth)
+    assert entry["gray"] == {
+        "psnr": metrics.psnr(truth, gray, peak=255),
+        "ssim": metrics.ssim(truth, gray, data_range=255, channel_axis=-1),
+        "colorfulness": metrics.colorfulness(gray),
+        "delta_e00": metrics.mean_ciede2000(gray, truth),
+    }
+    assert entry["truth_colorfulness"] == metrics.colorfulness(truth)
+    assert entry["gray"]["colorfulness"] < 1.0  # ab = 0: neutral up to 8-bit rounding
+
+
+def test_perfect_colorizer_beats_the_baseline_on_every_image(report):
+    for entry in report["per_image"]:
+        perfect, gray = entry["perfect"], entry["gray"]
+        assert perfect["psnr"] == math.inf
+        assert perfect["delta_e00"] == 0.0
+        assert perfect["ssim"] == pytest.approx(1.0)
+        assert perfect["colorfulness"] == entry["truth_colorfulness"]
+        assert gray["psnr"] < 40 and gray["delta_e00"] > 1 and gray["ssim"] < perfect["ssim"]
+        assert math.isfinite(entry["tiny"]["psnr"]) and entry["tiny"]["delta_e00"] > 0
+
+
+def test_mean_is_the_arithmetic_mean_over_images(report):
+    for method, key in [("gray", "psnr"), ("tiny", "delta_e00"), ("tiny", "ssim")]:
+        values = [e[method][key] for e in report["per_image"]]
+        assert report["mean"][method][key] == pytest.approx(np.mean(values), rel=1e-12)
+    assert report["mean"]["truth"]["colorfulness"] == pytest.approx(
+        np.mean([e["truth_colorfulness"] for e in report["per_image"]]))
+    assert report["mean"]["perfect"]["psnr"] == math.inf
+
+
+def test_colourless_truth_is_reproduced_by_the_baseline(tmp_path):
+    ramp = np.repeat(np.linspace(20, 235, 48).astype(np.uint8)[None, :, None], 32, axis=0)
+    path = write_image(tmp_path / "gray.png", np.repeat(ramp, 3, axis=2))
+    entry = evaluate.colorize_report({}, [path])["per_image"][0]
+    assert entry["truth_colorfulness"] == 0.0
+    assert entry["gray"]["psnr"] > 45  # L -> Lab(L, 0, 0) -> sRGB: off by rounding at most
+    assert entry["gray"]["colorfulness"] < 0.5 and entry["gray"]["delta_e00"] < 0.5
+
+
+def test_tiny_images_have_no_ssim_and_max_images_stops_early(tmp_path):
+    small = [write_image(tmp_path / f"s{i}.png", smooth_image(8, 30, seed=i)) for i in range(3)]
+    result = evaluate.colorize_report({"perfect": Perfect()}, small, max_images=2)
+    assert result["images"] == 2
+    assert all(e[m]["ssim"] is None for e in result["per_image"] for m in ("gray", "perfect"))
+    assert result["mean"]["gray"]["ssim"] is None
+    assert math.isfinite(result["mean"]["gray"]["psnr"])
+    with pytest.raises(ValueError, match="reserved"):
+        evaluate.colorize_report({"gray": Perfect()}, small)
+
+
+def test_json_writes_inf_as_a_string_and_is_strict(report):
+    text = evaluate.to_json(report)
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    data = json.loads(text, parse_constant=refuse)
+    assert data["per_image"][0]["perfect"]["psnr"] == "inf"
+    assert data["per_image"][0]["gray"]["psnr"] == report["per_image"][0]["gray"]["psnr"]
+
+
+def test_evaluate_colorize_writes_json_markdown_and_grid(photos, model_path, tmp_path):
+    # The same model twice (two folders): one table, two model columns, distinct names.
+    paths = []
+    for folder in ("run1", "run2"):
+        (tmp_path / folder).mkdir()
+        os.link(model_path, tmp_path / folder / "tiny.keras")
+        paths.append(str(tmp_path / folder / "tiny.keras"))
+    out = tmp_path / "out"
+    config = evaluate.ColorizeEvalConfig(models=tuple(paths), images=str(photos),
+                                         output_dir=str(out), grid_height=30, progress=False)
+    result = evaluate.evaluate_colorize(config)
+
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["task"] == "colorize" and data["images"] == 3 and data["saturation"] == 1.2
+    assert data["models"] == {"run1/tiny": paths[0], "run2/tiny": paths[1]}
+    assert set(data["metric_variants"]) >= {"psnr", "ssim", "colorfulness", "delta_e00"}
+    assert [s["path"] for s in data["skipped"]] == ["broken.png"]
+    assert set(data["per_image"][0]) >= {"gray", "run1/tiny", "run2/tiny", "truth_colorfulness"}
+    # The same weights give the same numbers in both columns.
+    assert data["mean"]["run1/tiny"] == data["mean"]["run2/tiny"]
+    assert data["mean"]["gray"]["psnr"] == pytest.approx(result["mean"]["gray"]["psnr"])
+
+    markdown = (out / "metrics.md").read_text()
+    assert "| image | gray | run1/tiny | run2/tiny |" in markdown
+    assert "| image | gray | run1/tiny | run2/tiny | truth |" in markdown  # colourfulness
+    for name in NAMES:  # one row per image in each of the four metric tables
+        assert markdown.count(f"| {name} |") == 4
+
+    # Rows = images, columns = gray + 2 models + truth, every cell 30 px high.
+    grid = np.asarray(Image.open(out / "grid.png"))
+    cell_width = round(WIDTH * 30 / HEIGHT)
+    assert grid.shape == (3 * 30 + 2 * GAP, 4 * cell_width + 3 * GAP, 3)
+
+
+def test_evaluate_colorize_input_errors(photos, model_path, tmp_path):
+    def config(models, images):
+        return evaluate.ColorizeEvalConfig(models=models, images=str(images),
+                                           output_dir=str(tmp_path / "out"), progress=False)
+
+    with pytest.raises(KoalaError, match="model file not found"):
+        evaluate.evaluate_colorize(config((str(tmp_path / "nope.keras"),), photos))
+    with pytest.raises(KoalaError, match="no such file or folder"):
+        evaluate.evaluate_colorize(config((str(model_path),), tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(evaluate.NoUsableImagesError):
+        evaluate.evaluate_colorize(config((str(model_path),), tmp_path / "empty"))
+    with pytest.raises(ValueError, match="at least one model"):
+        evaluate.ColorizeEvalConfig(models=(), images="x")
+    assert not (tmp_path / "out").exists()
+    assert set(evaluate.TASKS) == set(evaluate._CONFIG_FROM_FLAGS) == {"colorize"}
+
+
+def test_flags_are_defined_by_run_not_at_import():
+    from absl import flags
+
+    assert "grid_height" not in flags.FLAGS  # importing koala.evaluate defined nothing
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    evaluate.define_flags(fv)  # idempotent
+    fv(["evaluate", "--task=colorize", "--model=a/m.keras", "--model=b/m.keras",
+        "--images=photos", "--max_images=5"])
+    config = evaluate._CONFIG_FROM_FLAGS[fv.task](fv)
+    assert config == evaluate.ColorizeEvalConfig(
+        models=("a/m.keras", "b/m.keras"), images="photos",
+        output_dir=os.path.join("runs", "eval", "colorize"), max_images=5)
+    with pytest.raises(flags.IllegalFlagValueError):
+        fv(["evaluate", "--task=codecs"])
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "koala.evaluate", "--task=colorize", *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+
+
+def test_cli_end_to_end(photos, model_path, tmp_path):
+    out = tmp_path / "out"
+    proc = _cli(f"--model={model_path}", f"--images={photos}", f"--output_dir={out}",
+                "--max_images=2", "--grid_height=24", "--noprogress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| method | PSNR | SSIM | M | ΔE00 |" in proc.stdout
+    assert "| gray |" in proc.stdout and "| tiny |" in proc.stdout
+    assert json.loads((out / "metrics.json").read_text())["images"] == 2
+    assert (out / "metrics.md").exists() and (out / "grid.png").exists()
+    assert f"--model={model_path}" in (out / "flags.txt").read_text().splitlines()
+
+
+def test_cli_missing_model_is_a_one_line_error(photos, tmp_path):
+    proc = _cli(f"--model={tmp_path / 'nope.keras'}", f"--images={photos}",
+                f"--output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: model file not found: {tmp_path / 'nope.keras'}"]
+    assert "Traceback" not in proc.stderr

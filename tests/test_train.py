@@ -1,0 +1,164 @@
+"""koala.train: smoke training from records, resume after a kill, NaN stop, flags."""
+
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_photo_folder
+
+from koala import training
+from koala.data import build
+from koala.errors import KoalaError
+from koala.models.fusion import FusionColorizer
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory, mobilenet_none):
+    root = tmp_path_factory.mktemp("train")
+    make_photo_folder(root / "photos", n_good=6, with_bad=False)
+    cfg = build.BuildConfig(input_dir=str(root / "photos"), output_dir=str(root / "records"),
+                            image_size=32, embedder="mobilenet", embedder_weights="none",
+                            batch_size=4, val_fraction=0.5, progress=False)
+    result = build.build(cfg, embedder=mobilenet_none)
+    assert result.ok and result.manifest["counts"] == {"train": 5, "val": 1}  # hash split
+    return str(root / "records")
+
+
+def smoke(records, workdir, **kw):
+    base = dict(workdir=str(workdir), train_records=records, model="fusion_small", epochs=2,
+                steps_per_epoch=2, batch_size=2, lr_boundaries=(1,), shuffle_buffer=8,
+                image_grid_count=2, mixed_precision="float32")
+    base.update(kw)
+    return training.TrainConfig(**base)
+
+
+def log_epochs(workdir):
+    with open(os.path.join(workdir, "log.csv"), newline="") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+class KillAt(keras.callbacks.Callback):
+    """Raises at a given (epoch, batch), like a kill in the middle of an epoch."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at = (epoch, batch)
+        self.epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_two_steps_write_every_artifact(records, tmp_path):
+    history = training.train(smoke(records, tmp_path / "run"), flags_text="--model=x\n")
+    run = tmp_path / "run"
+    assert history.epoch == [0, 1]
+    assert np.all(np.isfinite(history.history["loss"]))
+    for name in ("flags.txt", "run.json", "best.keras", "last.keras", "log.csv",
+                 "checkpoints.json"):
+        assert (run / name).exists(), name
+    assert log_epochs(run) == [0, 1]
+    with open(run / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["learning_rate"]) == pytest.approx(1e-3)
+    assert float(rows[1]["learning_rate"]) == pytest.approx(1e-4)  # boundary at epoch 1
+    assert "val_loss" in rows[0]
+    model = keras.saving.load_model(run / "last.keras")
+    assert isinstance(model, FusionColorizer)
+    assert model.config.embedder == "mobilenet" and model.config.embedder_weights == "none"
+    assert model.config.image_size == 32
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    tags = set()
+    for event_file in events:
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags.update(v.tag for v in event.summary.value)
+    assert "gray | predicted | truth" in tags
+    assert any("loss" in t for t in tags)
+    assert not list(run.glob(".tmp-*"))
+
+
+def test_resume_after_a_kill_mid_epoch(records, tmp_path):
+    cfg = smoke(records, tmp_path / "run", epochs=4)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, extra_callbacks=[KillAt(epoch=2, batch=0)])
+    assert log_epochs(tmp_path / "run") == [0, 1]
+    history = training.train(cfg)
+    assert history.epoch == [2, 3], "resumed at the saved epoch, not from 0"
+    assert log_epochs(tmp_path / "run") == [0, 1, 2, 3]
+    backup = keras.saving.load_model(tmp_path / "run" / "last.keras")
+    assert backup.optimizer.iterations.numpy() == 4 * 2  # optimizer state carried over
+    # Re-running a finished run does nothing; raising --epochs continues it.
+    assert training.train(cfg).epoch == []
+    assert training.train(smoke(records, tmp_path / "run", epochs=5)).epoch == [4]
+    assert log_epochs(tmp_path / "run") == [0, 1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_an_error_and_keeps_the_backup(records, tmp_path):
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:  # every weight (a NaN in one conv can vanish through a ReLU)
+                for w in self.model.trainable_weights:
+                    w.assign(tf.fill(w.shape, float("nan")))
+
+    cfg = smoke(records, tmp_path / "run", epochs=3)
+    with pytest.raises(RuntimeError, match="(?i)nan"):
+        training.train(cfg, extra_callbacks=[Poison()])
+    backup = tmp_path / "run" / "backup"
+    assert backup.exists() and any(backup.rglob("*"))
+    assert log_epochs(tmp_path / "run") == [0]
+
+
+def test_workdir_with_other_settings_is_refused(records, tmp_path):
+    training.train(smoke(records, tmp_path / "run", epochs=1))
+    with pytest.raises(KoalaError, match="batch_size"):
+        training.train(smoke(records, tmp_path / "run", epochs=1, batch_size=3))
+
+
+def test_step_schedule_and_config_validation():
+    lr = training.step_schedule(1e-3, (100, 150, 200, 300), 0.1)
+    assert [lr(e) for e in (0, 99, 100, 149, 150, 299, 300, 399)] == pytest.approx(
+        [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-6, 1e-7, 1e-7])
+    with pytest.raises(ValueError, match="lr_boundaries"):
+        training.TrainConfig(workdir="w", train_records="r", lr_boundaries=(150, 100))
+    with pytest.raises(ValueError, match="unknown model"):
+        training.TrainConfig(workdir="w", train_records="r", model="pix2pix")
+    assert training.resolve_precision("auto") == "float32"  # no GPU here
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "koala.train", *args], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=300)
+
+
+def test_cli_flagfile_and_reproduction(records, tmp_path):
+    workdir = tmp_path / "run"
+    proc = _cli("--flagfile=experiments/smoke_fusion.flags", f"--train_records={records}",
+                f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    flags_txt = (workdir / "flags.txt").read_text()
+    assert "--model=fusion_small" in flags_txt and f"--workdir={workdir}" in flags_txt
+    again = _cli(f"--flagfile={workdir / 'flags.txt'}")  # same run: nothing left to do
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "done: 0 epoch(s)" in again.stdout
+
+
+def test_cli_rejects_bad_flags(tmp_path):
+    proc = _cli("--lr_boundaries=150,100", "--train_records=x", f"--workdir={tmp_path}")
+    assert proc.returncode != 0 and "--lr_boundaries" in proc.stderr
+    proc = _cli("--mixed_precision=fp8", "--train_records=x", f"--workdir={tmp_path}")
+    assert proc.returncode != 0 and "mixed_precision" in proc.stderr
+    proc = _cli(f"--workdir={tmp_path}")
+    assert proc.returncode != 0 and "train_records" in proc.stderr
