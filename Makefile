@@ -16,10 +16,11 @@ $(VENV)/.installed: requirements.txt setup.cfg
 
 venv: $(VENV)/.installed
 
-# Main job. Offline by design: the embedder is MobileNet with random weights, chosen
-# explicitly (and printed); use --embedder_weights=PATH or imagenet for real semantics.
+# Main job: records -> training -> colorize -> evaluate on the built-in samples (koala/demo.py).
+# Offline by design: the embedder is MobileNet with random weights, chosen explicitly and
+# printed; see the README for ImageNet weights.
 demo: venv
-	$(PY) data_prep/build_records.py --embedder=mobilenet --embedder_weights=none --resume
+	$(PY) -m koala.demo
 
 test: venv
 	$(PY) -m pytest -q

@@ -106,7 +106,7 @@ def gray_baseline(rgb) -> np.ndarray:
       uint8 (H, W, 3), the input's lightness with no chroma (channels equal within 1 level).
     """
     lightness = _lightness(_as_rgb(rgb))
-    return _lab_to_uint8(lightness, tf.zeros_like(tf.concat([lightness, lightness], -1)))
+    return _lab_to_uint8(lightness, tf.zeros([*lightness.shape[:-1], 2], tf.float32))
 
 
 @functools.lru_cache(maxsize=2)
