@@ -1,7 +1,7 @@
 r"""Fusion training speed on this machine: float32 vs mixed_bfloat16, and koala.train's step
 rate from records vs a bare ``model.fit`` on in-memory tensors of the same model.
 
-  python benchmarks/train.py [--image_size=224] [--batch_size=8] [--steps=12]
+  python benchmarks/train.py [--image_size=224] [--batch_size=8] [--steps=24]
 
   bare fit     ``model.fit`` on in-memory numpy arrays: no input pipeline, no callbacks.
   koala.train  ``koala.training.train`` from TFRecords (decode, shuffle, flip, prefetch) with
@@ -36,7 +36,7 @@ flags.DEFINE_string("input_dir", str(_SHARED if _SHARED.is_dir() else REPO / "da
                     "Images for the records.")
 flags.DEFINE_integer("image_size", 224, "Model and record size (SPEC §1: 224).")
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
-flags.DEFINE_integer("steps", 12, "Timed steps per measurement.")
+flags.DEFINE_integer("steps", 24, "Timed steps per measurement.")
 FLAGS = flags.FLAGS
 
 

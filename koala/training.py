@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import sys
 from collections.abc import Callable
 
 import keras
@@ -382,7 +383,8 @@ def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()
         callbacks.extend(extra_callbacks)
         return model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
                          steps_per_epoch=cfg.steps_per_epoch,
-                         validation_steps=cfg.validation_steps, callbacks=callbacks, verbose="auto",
+                         validation_steps=cfg.validation_steps, callbacks=callbacks,
+                         verbose=1 if sys.stdout.isatty() else 2,  # bar on a terminal only
                          shuffle=False)  # the pipeline shuffles
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
