@@ -15,26 +15,23 @@ depend on the weights) unless --records points at existing ones.
 """
 
 import os
-import pathlib
-import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from common import DEFAULT_PHOTOS  # first: quiets TF, puts the checkout on sys.path
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+# isort: split
 
-from koala.data import build, pipelines  # noqa: E402
-from koala.models import fusion  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-_SHARED = REPO.parent / "shared" / "photos" / "train"
+from koala.data import build, pipelines
+from koala.models import fusion
+
 flags.DEFINE_string("records", None, "Existing colorization records (default: build them).")
-flags.DEFINE_string("input_dir", str(_SHARED if _SHARED.is_dir() else REPO / "data" / "samples"),
+flags.DEFINE_string("input_dir", DEFAULT_PHOTOS,
                     "Images to build records from when --records is not given.")
 flags.DEFINE_integer("batch_size", 8, "Batch size for both measurements.")
 flags.DEFINE_integer("pipeline_batches", 60, "Batches timed for the pipeline.")

@@ -20,23 +20,21 @@ in worker threads, overlapped with the embedder).
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from common import DEFAULT_PHOTOS  # first: quiets TF, puts the checkout on sys.path
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+# isort: split
 
-from koala.data import build  # noqa: E402
-from koala.embedder import EMBEDDERS, Embedder  # noqa: E402
-from koala.images import find_images, load_image  # noqa: E402
+import numpy as np
+from absl import app, flags
 
-_SHARED = REPO.parent / "shared" / "photos" / "train"
-flags.DEFINE_string("input_dir", str(_SHARED if _SHARED.is_dir() else REPO / "data" / "samples"),
+from koala.data import build
+from koala.embedder import EMBEDDERS, Embedder
+from koala.images import find_images, load_image
+
+flags.DEFINE_string("input_dir", DEFAULT_PHOTOS,
                     "Images to build.")
 flags.DEFINE_enum("embedder", "inception_resnet_v2", sorted(EMBEDDERS), "Embedder.")
 flags.DEFINE_string("embedder_weights", "none", "Weights (speed does not depend on them).")

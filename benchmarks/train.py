@@ -13,26 +13,23 @@ per-epoch cost is printed separately. The ratio koala.train / bare should be >= 
 """
 
 import os
-import pathlib
-import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from common import DEFAULT_PHOTOS  # first: quiets TF, puts the checkout on sys.path
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+# isort: split
 
-from koala import training  # noqa: E402
-from koala.data import build  # noqa: E402
-from koala.models import fusion  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-_SHARED = REPO.parent / "shared" / "photos" / "train"
-flags.DEFINE_string("input_dir", str(_SHARED if _SHARED.is_dir() else REPO / "data" / "samples"),
+from koala import training
+from koala.data import build
+from koala.models import fusion
+
+flags.DEFINE_string("input_dir", DEFAULT_PHOTOS,
                     "Images for the records.")
 flags.DEFINE_integer("image_size", 224, "Model and record size (SPEC §1: 224).")
 flags.DEFINE_integer("batch_size", 8, "Batch size.")

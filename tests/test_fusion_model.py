@@ -190,3 +190,19 @@ def test_saved_model_remembers_its_embedder(tmp_path):
     assert loaded.config == model.config
     assert (loaded.config.embedder, loaded.config.embedder_weights, loaded.config.embedder_fit) \
         == ("mobilenet", "/some/weights.h5", "crop")
+
+
+def test_plain_load_model_after_import_koala(tmp_path):
+    import subprocess
+    import sys
+
+    from koala.models import fusion as fusion_lib
+
+    path = tmp_path / "m.keras"
+    fusion_lib.fusion_small(image_size=32, embedding_dim=16).save(path)
+    code = ("import keras, koala; m = keras.saving.load_model(%r); "
+            "print(type(m).__name__, m.config.image_size)" % str(path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["FusionColorizer", "32"]

@@ -1,5 +1,9 @@
-"""Model families, one module each (``koala.models.fusion``, ...).
+"""koala's Keras models, one module per paper family.
 
-Nothing is imported or registered here: the trainer keeps the one explicit name -> constructor
-dict, and importing a model module is what registers its custom layers with Keras.
+Importing this package (``import koala`` does) registers every koala layer and model with
+Keras' serialisation, so a saved ``.keras`` file reloads with plain
+``keras.saving.load_model(path)`` and no ``custom_objects``. Models are looked up by name only
+in ``koala.training.MODELS``.
 """
+
+from koala.models import fusion  # noqa: F401  (registers FusionLayer, FusionColorizer)
