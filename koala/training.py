@@ -136,15 +136,42 @@ MODELS = {
 # --- tasks: datasets, loss, image summaries --------------------------------------------------
 
 
-def _colorize_datasets(cfg: TrainConfig, train_source, val_source, val_split):
-    kw = dict(batch_size=cfg.batch_size, crop_size=cfg.crop_size, verify=cfg.verify_records)
+def distributed_val_batch(batch_size: int, examples: int | None, replicas: int) -> int:
+    """Validation batch size under a distribution strategy.
+
+    Every batch must split evenly over the replicas (Keras 3.15 fails on a partial batch under
+    MirroredStrategy), so validation drops its remainder; when the split is smaller than one
+    batch, the batch shrinks to the largest multiple of the replica count that fits.
+    """
+    if examples is None or examples >= batch_size:
+        return batch_size
+    return max(replicas, examples // replicas * replicas)
+
+
+def _colorize_datasets(cfg: TrainConfig, train_source, val_source, val_split, replicas=1):
+    kw = dict(crop_size=cfg.crop_size, verify=cfg.verify_records)
     repeat = cfg.steps_per_epoch is not None
+    distributed = cfg.distribute != "none"
     train = pipelines.colorization_dataset(
         train_source, split="train", training=True, shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed, repeat=repeat, drop_remainder=cfg.distribute != "none", **kw)
+        seed=cfg.seed, repeat=repeat, drop_remainder=distributed, batch_size=cfg.batch_size,
+        **kw)
     val = None
     if val_source is not None:
-        val = pipelines.colorization_dataset(val_source, split=val_split, training=False, **kw)
+        batch = cfg.batch_size
+        if distributed:
+            examples = records.resolve(val_source, val_split).num_records
+            if examples is not None and examples < replicas:
+                log.warning("validation skipped: %d example(s) cannot fill one batch over %d "
+                            "replicas", examples, replicas)
+                return train, None
+            batch = distributed_val_batch(cfg.batch_size, examples, replicas)
+            if examples is not None and examples % batch:
+                log.warning("validation under %s: %d of %d examples dropped so that every "
+                            "batch splits over %d replicas", cfg.distribute, examples % batch,
+                            examples, replicas)
+        val = pipelines.colorization_dataset(val_source, split=val_split, training=False,
+                                             batch_size=batch, drop_remainder=distributed, **kw)
     return train, val
 
 
@@ -344,7 +371,8 @@ def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()
     keras.mixed_precision.set_global_policy(precision)
     try:
         strategy = _strategy(cfg.distribute)
-        train_ds, val_ds = task["datasets"](cfg, cfg.train_records, val_source, val_split)
+        train_ds, val_ds = task["datasets"](cfg, cfg.train_records, val_source, val_split,
+                                            strategy.num_replicas_in_sync)
         with strategy.scope():
             model = spec.build(cfg, train_recs)
             model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),

@@ -200,8 +200,8 @@ def test_plain_load_model_after_import_koala(tmp_path):
 
     path = tmp_path / "m.keras"
     fusion_lib.fusion_small(image_size=32, embedding_dim=16).save(path)
-    code = ("import keras, koala; m = keras.saving.load_model(%r); "
-            "print(type(m).__name__, m.config.image_size)" % str(path))
+    code = (f"import keras, koala; m = keras.saving.load_model({str(path)!r}); "
+            "print(type(m).__name__, m.config.image_size)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]

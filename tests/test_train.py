@@ -126,6 +126,13 @@ def test_workdir_with_other_settings_is_refused(records, tmp_path):
         training.train(smoke(records, tmp_path / "run", epochs=1, batch_size=3))
 
 
+def test_distributed_val_batch_splits_evenly():
+    assert training.distributed_val_batch(8, 100, 2) == 8  # drop_remainder handles the rest
+    assert training.distributed_val_batch(8, 5, 2) == 4  # smaller than a batch: 4 of 5
+    assert training.distributed_val_batch(8, 3, 2) == 2
+    assert training.distributed_val_batch(8, None, 2) == 8
+
+
 def test_step_schedule_and_config_validation():
     lr = training.step_schedule(1e-3, (100, 150, 200, 300), 0.1)
     assert [lr(e) for e in (0, 99, 100, 149, 150, 299, 300, 399)] == pytest.approx(
@@ -162,3 +169,29 @@ def test_cli_rejects_bad_flags(tmp_path):
     assert proc.returncode != 0 and "mixed_precision" in proc.stderr
     proc = _cli(f"--workdir={tmp_path}")
     assert proc.returncode != 0 and "train_records" in proc.stderr
+
+
+def test_mirrored_strategy_on_two_logical_cpus(records, tmp_path):
+    # Logical devices must be configured before TF initialises: a fresh process.
+    code = f"""
+import json, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from koala import training
+cfg = training.TrainConfig(workdir={str(tmp_path / "run")!r}, train_records={records!r},
+    model="fusion_small", epochs=1, steps_per_epoch=2, batch_size=4, distribute="mirrored",
+    mixed_precision="float32", lr_boundaries=(1,), image_grid_count=0)
+history = training.train(cfg)
+run = json.load(open({str(tmp_path / "run" / "run.json")!r}))
+print("RESULT", json.dumps({{"replicas": run["replicas"], "loss": history.history["loss"]}}))
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert result["replicas"] == 2
+    assert np.isfinite(result["loss"][0])
+    assert (tmp_path / "run" / "last.keras").exists()
