@@ -160,18 +160,28 @@ class ColorizeEvalConfig:
 def model_names(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Table names for model files: the file stem, made unique.
 
-    Stems that collide (or that a report key already uses, like ``gray``) get the name of
-    their folder in front (``run1/model``); names still equal after that (the same file
-    twice) get ``#2``, ``#3``.
+    Stems that collide (or that a report key already uses, like ``gray``) get as many of
+    their folders in front as it takes to tell them apart (``run1/model``,
+    ``a/train/best`` vs ``b/train/best``); names still equal after that (the same file twice)
+    get ``#2``, ``#3``.
     """
     paths = [pathlib.Path(os.path.abspath(p)) for p in paths]
     stems = [p.stem for p in paths]
-    names = [
-        f"{p.parent.name}/{p.stem}"
-        if stems.count(p.stem) > 1 or p.stem in _RESERVED_NAMES
-        else p.stem
-        for p in paths
-    ]
+
+    def suffix(p: pathlib.Path, depth: int) -> str:
+        return "/".join([*p.parent.parts[len(p.parent.parts) - depth :], p.stem])
+
+    names = []
+    for p in paths:
+        if stems.count(p.stem) == 1 and p.stem not in _RESERVED_NAMES:
+            names.append(p.stem)
+            continue
+        others = [q for q in paths if q.stem == p.stem and q != p]
+        depth = 1
+        while depth < len(p.parent.parts) and any(
+                suffix(q, depth) == suffix(p, depth) for q in others):
+            depth += 1
+        names.append(suffix(p, depth))
     seen: dict[str, int] = {}
     unique = []
     for name in names:

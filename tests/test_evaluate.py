@@ -67,6 +67,8 @@ def test_model_names_are_stems_made_unique():
     assert evaluate.model_names(["runs/a/model.keras", "runs/b.keras"]) == ["model", "b"]
     assert evaluate.model_names(["a/m.keras", "b/m.keras"]) == ["a/m", "b/m"]
     assert evaluate.model_names(["a/m.keras", "a/m.keras"]) == ["a/m", "a/m#2"]
+    assert evaluate.model_names(["r1/train/best.keras", "r2/train/best.keras"]) == [
+        "r1/train/best", "r2/train/best"]
     here = pathlib.Path.cwd().name  # a bare file name is in the current folder
     assert evaluate.model_names(["m.keras", "m.keras"]) == [f"{here}/m", f"{here}/m#2"]
     # Names the report already uses for its own keys get the folder in front.
