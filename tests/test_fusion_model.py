@@ -197,12 +197,15 @@ def test_plain_load_model_after_import_koala(tmp_path):
     import sys
 
     from koala.models import fusion as fusion_lib
+    from koala.models import sr
 
-    path = tmp_path / "m.keras"
+    path, sr_path = tmp_path / "m.keras", tmp_path / "sr.keras"
     fusion_lib.fusion_small(image_size=32, embedding_dim=16).save(path)
+    sr.fsrcnn_small().save(sr_path)
     code = (f"import keras, koala; m = keras.saving.load_model({str(path)!r}); "
-            "print(type(m).__name__, m.config.image_size)")
+            f"s = keras.saving.load_model({str(sr_path)!r}); "
+            "print(type(m).__name__, m.config.image_size, type(s).__name__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["FusionColorizer", "32"]
+    assert proc.stdout.split() == ["FusionColorizer", "32", "FSRCNN"]

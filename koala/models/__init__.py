@@ -6,4 +6,7 @@ Keras' serialisation, so a saved ``.keras`` file reloads with plain
 in ``koala.training.MODELS``.
 """
 
-from koala.models import fusion  # noqa: F401  (registers FusionLayer, FusionColorizer)
+from koala.models import (
+    fusion,  # noqa: F401  (registers FusionLayer, FusionColorizer)
+    sr,  # noqa: F401  (registers SRCNN, FSRCNN, SRAutoencoder)
+)
