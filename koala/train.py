@@ -54,6 +54,17 @@ flags.DEFINE_float("filters_scale", None, "Fusion: multiply every filter count (
 flags.DEFINE_integer("image_grid_count", 4, "Validation images in the TensorBoard grid.",
                      lower_bound=0)
 flags.DEFINE_bool("verify_records", True, "Check every shard (sha256/CRC) before training.")
+flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Optimizer (SPEC §1: Adam; SRCNN: SGD).")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("last_layer_lr_scale", 1.0, "Learning-rate factor of the last layer "
+                   "('output'); SRCNN's paper: 0.1 (1e-5 vs 1e-4).", lower_bound=0.0)
+flags.DEFINE_enum("scale", "3", ["2", "3", "4"], "SR: upscaling factor.")
+flags.DEFINE_integer("patch_size", 33, "SR: high-res patch side (SRCNN: 33).", lower_bound=2)
+flags.DEFINE_integer("stride", None, "SR: extract every patch on this grid (SRCNN: 14); "
+                     "default: --patches_per_image random crops per image.", lower_bound=1)
+flags.DEFINE_integer("patches_per_image", 16, "SR: random patches per image and epoch.",
+                     lower_bound=1)
+flags.DEFINE_enum("sr_channels", "y", ["y", "rgb"], "SR: the Y channel (papers) or RGB.")
 
 flags.register_validator(
     "lr_boundaries", lambda v: all(s.isdigit() and int(s) > 0 for s in v)
@@ -66,12 +77,14 @@ _CONFIG_FLAGS = ("model", "workdir", "train_records", "val_records", "epochs",
                  "steps_per_epoch", "validation_steps", "batch_size", "learning_rate",
                  "lr_decay", "mixed_precision", "jit_compile", "seed", "distribute",
                  "shuffle_buffer", "crop_size", "batch_norm", "filters_scale",
-                 "image_grid_count", "verify_records")
+                 "image_grid_count", "verify_records", "optimizer", "momentum",
+                 "last_layer_lr_scale", "patch_size", "stride", "patches_per_image",
+                 "sr_channels")
 
 
 def effective_flags() -> str:
     """Every koala.train flag with its value, one ``--flag=value`` per line (a flagfile)."""
-    names = sorted((*_CONFIG_FLAGS, "lr_boundaries"))
+    names = sorted((*_CONFIG_FLAGS, "lr_boundaries", "scale"))
     lines = [FLAGS[n].serialize() for n in names if FLAGS[n].value is not None]
     return "# effective flags of this run: python -m koala.train --flagfile=THIS_FILE\n" + \
         "\n".join(lines) + "\n"
@@ -82,7 +95,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         config = training.TrainConfig(
-            lr_boundaries=tuple(int(b) for b in FLAGS.lr_boundaries),
+            lr_boundaries=tuple(int(b) for b in FLAGS.lr_boundaries), scale=int(FLAGS.scale),
             **{name: FLAGS[name].value for name in _CONFIG_FLAGS})
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -41,9 +41,10 @@ import tensorflow as tf
 
 import koala
 from koala import color, grid
+from koala import optimizers as optimizers_lib
 from koala.data import pipelines, records
 from koala.errors import KoalaError
-from koala.models import fusion
+from koala.models import fusion, sr
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,14 @@ class TrainConfig:
     filters_scale: float | None = None
     image_grid_count: int = 4
     verify_records: bool = True
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    last_layer_lr_scale: float = 1.0
+    scale: int = 3
+    patch_size: int = 33
+    stride: int | None = None
+    patches_per_image: int = 16
+    sr_channels: str = "y"
 
     def __post_init__(self):
         object.__setattr__(self, "lr_boundaries", tuple(int(b) for b in self.lr_boundaries))
@@ -94,6 +103,14 @@ class TrainConfig:
             (self.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
             (self.crop_size is None or self.crop_size % 8 == 0,
              "crop_size must be a multiple of 8"),
+            (self.optimizer in optimizers_lib.OPTIMIZERS,
+             f"optimizer must be one of {sorted(optimizers_lib.OPTIMIZERS)}"),
+            (self.last_layer_lr_scale > 0, "last_layer_lr_scale must be > 0"),
+            (self.scale in (2, 3, 4), "scale must be 2, 3 or 4"),
+            (self.patch_size >= self.scale, "patch_size must be at least the scale"),
+            (self.stride is None or self.stride >= 1, "stride must be >= 1"),
+            (self.sr_channels in pipelines.SR_CHANNELS,
+             f"sr_channels must be one of {pipelines.SR_CHANNELS}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -126,10 +143,27 @@ class ModelSpec:
     task: str
 
 
+def _sr(constructor):
+    """An SR model from the flags: Y (1 channel) or RGB, and the scale it is trained for."""
+
+    def build_model(cfg: TrainConfig, recs):
+        del recs
+        return constructor(channels=1 if cfg.sr_channels == "y" else 3, scale=cfg.scale)
+
+    return ModelSpec(build_model, "sr")
+
+
 MODELS = {
     "fusion": ModelSpec(lambda c, r: fusion.fusion(**_fusion_kwargs(c, r)), "colorize"),
     "fusion_small": ModelSpec(lambda c, r: fusion.fusion_small(**_fusion_kwargs(c, r)),
                               "colorize"),
+    "srcnn": _sr(sr.srcnn),
+    "srcnn_955": _sr(sr.srcnn_955),
+    "srcnn_small": _sr(sr.srcnn_small),
+    "fsrcnn": _sr(sr.fsrcnn),
+    "fsrcnn_small": _sr(sr.fsrcnn_small),
+    "sr_autoencoder": _sr(sr.sr_autoencoder),
+    "sr_autoencoder_small": _sr(sr.sr_autoencoder_small),
 }
 
 
@@ -148,7 +182,9 @@ def distributed_val_batch(batch_size: int, examples: int | None, replicas: int) 
     return max(replicas, examples // replicas * replicas)
 
 
-def _colorize_datasets(cfg: TrainConfig, train_source, val_source, val_split, replicas=1):
+def _colorize_datasets(cfg: TrainConfig, model, train_source, val_source, val_split,
+                       replicas=1):
+    del model
     kw = dict(crop_size=cfg.crop_size, verify=cfg.verify_records)
     repeat = cfg.steps_per_epoch is not None
     distributed = cfg.distribute != "none"
@@ -207,11 +243,61 @@ def _fixed_examples(dataset, count):
         ys.append(y)
     if not xs:
         return None
-    return {k: tf.stack([x[k] for x in xs]) for k in xs[0]}, tf.stack(ys)
+    if isinstance(xs[0], dict):
+        return {k: tf.stack([x[k] for x in xs]) for k in xs[0]}, tf.stack(ys)
+    return tf.stack(xs), tf.stack(ys)
+
+
+def _sr_datasets(cfg: TrainConfig, model, train_source, val_source, val_split, replicas=1):
+    """(low-res input, high-res target) pairs made on the fly from the stored RGB; targets
+    are cropped by the model's border (SRCNN with valid padding: 6 px for 9-1-5)."""
+    b = sr.border(model)
+    kw = dict(scale=cfg.scale, patch_size=cfg.patch_size, channels=cfg.sr_channels,
+              upsample=model.config.upsampled_input, verify=cfg.verify_records)
+
+    def crop(lr, hr):
+        return (lr, hr[:, b:-b, b:-b, :]) if b else (lr, hr)
+
+    distributed = cfg.distribute != "none"
+    train = pipelines.sr_dataset(
+        train_source, split="train", training=True, batch_size=cfg.batch_size,
+        patches_per_image=cfg.patches_per_image, stride=cfg.stride,
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, drop_remainder=distributed,
+        repeat=cfg.steps_per_epoch is not None, **kw).map(crop)
+    val = None
+    if val_source is not None:
+        val = pipelines.sr_dataset(val_source, split=val_split, training=False,
+                                   batch_size=max(replicas, cfg.batch_size),
+                                   drop_remainder=distributed, **kw).map(crop)
+    return train, val
+
+
+class SRImages(keras.callbacks.Callback):
+    """Writes [input | output | target] of fixed validation patches to TensorBoard."""
+
+    def __init__(self, log_dir: str, examples):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "images"))
+        self.x, self.y = examples
+
+    def on_epoch_end(self, epoch, logs=None):
+        pred = self.model(self.x, training=False)
+        size = self.y.shape[1:3]
+
+        def to_uint8(t):
+            t = tf.image.resize(t, size, "nearest") if t.shape[1:3] != size else t
+            return np.round(np.clip(t.numpy(), 0, 1) * 255).astype(np.uint8)
+
+        rows = zip(to_uint8(self.x), to_uint8(pred), to_uint8(self.y), strict=True)
+        image = grid.make_grid(list(rows), height=96)
+        with self.writer.as_default():
+            tf.summary.image("input | output | target", image[None], step=epoch)
+        self.writer.flush()
 
 
 TASKS = {
     "colorize": {"datasets": _colorize_datasets, "loss": "mse", "images": ColorizeImages},
+    "sr": {"datasets": _sr_datasets, "loss": "mse", "images": SRImages},
 }
 
 
@@ -371,12 +457,15 @@ def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()
     keras.mixed_precision.set_global_policy(precision)
     try:
         strategy = _strategy(cfg.distribute)
-        train_ds, val_ds = task["datasets"](cfg, cfg.train_records, val_source, val_split,
-                                            strategy.num_replicas_in_sync)
         with strategy.scope():
             model = spec.build(cfg, train_recs)
-            model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
-                          loss=task["loss"], jit_compile=cfg.jit_compile)
+            multipliers = ({"output": cfg.last_layer_lr_scale}
+                           if cfg.last_layer_lr_scale != 1.0 else None)
+            optimizer = optimizers_lib.build(cfg.optimizer, cfg.learning_rate,
+                                             momentum=cfg.momentum, lr_multipliers=multipliers)
+            model.compile(optimizer=optimizer, loss=task["loss"], jit_compile=cfg.jit_compile)
+        train_ds, val_ds = task["datasets"](cfg, model, cfg.train_records, val_source,
+                                            val_split, strategy.num_replicas_in_sync)
         if flags_text is not None:
             with open(os.path.join(cfg.workdir, "flags.txt.tmp"), "w") as f:
                 f.write(flags_text)

@@ -195,3 +195,21 @@ print("RESULT", json.dumps({{"replicas": run["replicas"], "loss": history.histor
     assert result["replicas"] == 2
     assert np.isfinite(result["loss"][0])
     assert (tmp_path / "run" / "last.keras").exists()
+
+
+@pytest.mark.parametrize("model_name,upsampled", [("srcnn_small", True),
+                                                   ("fsrcnn_small", False)])
+def test_sr_models_train_through_koala_train(records, tmp_path, model_name, upsampled):
+    cfg = smoke(records, tmp_path / "run", model=model_name, optimizer="sgd",
+                learning_rate=1e-3, last_layer_lr_scale=0.1, scale=3, patch_size=33,
+                patches_per_image=2, batch_size=4)
+    history = training.train(cfg)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert "val_loss" in history.history
+    model = keras.saving.load_model(tmp_path / "run" / "last.keras")
+    assert model.config.upsampled_input is upsampled and model.config.scale == 3
+    assert model.optimizer.lr_multipliers == {"output": 0.1}
+    # SRCNN (valid padding) predicts the centre of its input: 33 -> 21 px; FSRCNN 11 -> 33.
+    side = 33 if upsampled else 11
+    out = model(tf.zeros([1, side, side, 1]))
+    assert out.shape[1] == (21 if upsampled else 33)

@@ -194,14 +194,23 @@ def _patch_dataset(ds, *, patch_size, training, patches_per_image, stride):
         patches, cycle_length=4, num_parallel_calls=AUTOTUNE, deterministic=False)
 
 
+def _eval_cardinality(ds, recs, training, stride):
+    """Evaluation without a grid takes one centre patch per image: the manifest's record
+    count is then the cardinality (Keras knows the epoch length; a short shard fails)."""
+    if training or stride or recs.num_records is None:
+        return ds
+    return ds.apply(tf.data.experimental.assert_cardinality(recs.num_records))
+
+
 def rgb_dataset(source, *, split="train", patch_size=256, batch_size=8, training=True,
                 patches_per_image=1, stride=None, shuffle_buffer=256, seed=None, verify=True,
                 drop_remainder=False, repeat=False) -> tf.data.Dataset:
     """(B, P, P, 3) sRGB patches in [0, 1] (the invertible-grayscale codec, SPEC §2)."""
-    ds, _ = _read(source, split, groups=("rgb",), training=training,
-                  shuffle_buffer=shuffle_buffer, seed=seed, verify=verify)
+    ds, recs = _read(source, split, groups=("rgb",), training=training,
+                     shuffle_buffer=shuffle_buffer, seed=seed, verify=verify)
     ds = _patch_dataset(ds, patch_size=patch_size, training=training,
                         patches_per_image=patches_per_image, stride=stride)
+    ds = _eval_cardinality(ds, recs, training, stride)
     if training and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     return _finish(ds, batch_size, drop_remainder, repeat)
@@ -227,11 +236,12 @@ def sr_dataset(source, *, scale, split="train", patch_size=33, batch_size=16, tr
     patch = (patch_size // scale) * scale
     if patch < scale:
         raise ValueError(f"patch_size {patch_size} is smaller than the scale {scale}")
-    ds, _ = _read(source, split, groups=("rgb",), training=training,
-                  shuffle_buffer=max(1, shuffle_buffer // max(1, patches_per_image)),
-                  seed=seed, verify=verify)
+    ds, recs = _read(source, split, groups=("rgb",), training=training,
+                     shuffle_buffer=max(1, shuffle_buffer // max(1, patches_per_image)),
+                     seed=seed, verify=verify)
     ds = _patch_dataset(ds, patch_size=patch, training=training,
                         patches_per_image=patches_per_image, stride=stride)
+    ds = _eval_cardinality(ds, recs, training, stride)
     if training and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
 
