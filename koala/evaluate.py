@@ -3,9 +3,11 @@ r"""koala's one evaluation tool: models against their baseline on a folder of im
   python -m koala.evaluate --task=colorize --model=A.keras [--model=B.keras ...] \
       --images=DIR [--output_dir=runs/eval/colorize] [--max_images=N] [--saturation=1.2] \
       [--embedder_weights=W] [--grid_height=160]
+  python -m koala.evaluate --task=sr --model=A.keras [--model=B.keras ...] --images=DIR \
+      --scale=N [--output_dir=runs/eval/sr] [--max_images=N] [--crop_size=96]
 
 Tasks are looked up by name in :data:`TASKS`, an explicit dict of functions that take a frozen
-config dataclass and return a JSON-ready report dict. Only ``colorize`` exists so far.
+config dataclass and return a JSON-ready report dict: ``colorize`` and ``sr``.
 
 ``--task=colorize`` (SPEC §1, §6) colorizes every image's grayscale version with each
 ``--model`` and compares the result with the original colour image (the truth), next to the
@@ -22,9 +24,31 @@ arithmetic means over the images. It writes, in ``--output_dir``:
   ``grid.png``      one row per image: [gray | model 1 | model 2 ... | truth].
   ``flags.txt``     the command line's flags (``--flagfile=OUT/flags.txt`` re-runs it).
 
+``--task=sr`` (SPEC §3, §6) super-resolves a low-res version of every image with each
+``--model`` (a saved SR model, run through :class:`koala.upscale.Upscaler`) and compares the
+result with the image itself (the high-res truth, "HR"), next to the bicubic baseline that
+every SR model must beat. Per image: HR = the image, mod-cropped (bottom and right) to a
+multiple of ``--scale``; LR = ``koala.data.pipelines.bicubic_downscale`` of HR, the very
+degradation the SR trainer uses (bicubic with anti-aliasing), rounded to 8 bits like a real
+low-res image; bicubic baseline = ``pipelines.bicubic_upscale(LR)``, rounded to 8 bits; each
+model's output = ``upscaler.upscale(LR)``. Per image and method, against HR: PSNR and SSIM on
+the BT.601 studio Y channel with ``scale`` pixels cropped from every border (the field's
+convention, float64; ``koala.metrics.psnr_y`` / ``ssim_y``) and PSNR on RGB over the whole
+image; their arithmetic means. Every model's ``scale`` must equal ``--scale``. It writes, in
+``--output_dir``:
+
+  ``metrics.json``  the report (as for colorize; methods ``bicubic``, then the models).
+  ``metrics.md``    a table of the means (rows bicubic, then each model) and one table per
+                    metric (one row per image, bicubic first on every row), the variants.
+  ``crops.png``     one row per image: [bicubic | model 1 | ... | HR], the same centred
+                    ``--crop_size`` x ``--crop_size`` HR-pixel crop of each, enlarged by
+                    pixel repetition (nearest neighbour) to about 192 px so pixels show.
+  ``flags.txt``     as for colorize.
+
 Unreadable images are skipped and listed in the report; they never stop the run. Exit status:
 0 on success, 2 for unusable inputs (a missing model file or images folder, a model that doesn't
-load), 1 when no image could be evaluated.
+load, for sr: a missing ``--scale`` or a model of another scale), 1 when no image could be
+evaluated.
 """
 
 from __future__ import annotations
@@ -43,22 +67,31 @@ from absl import app, flags
 
 from koala import geometry, images, metrics
 from koala.colorize import DEFAULT_SATURATION, Colorizer, gray_baseline
+from koala.data import pipelines
 from koala.errors import ImageError, KoalaError
 from koala.grid import make_grid, save_png
 from koala.progress import Progress
 
 __all__ = [
+    "BICUBIC",
     "GRAY",
     "TASKS",
     "ColorizeEvalConfig",
     "NoUsableImagesError",
+    "SREvalConfig",
+    "bicubic_baseline",
     "colorize_markdown",
     "colorize_report",
     "define_flags",
+    "degrade",
     "evaluate_colorize",
+    "evaluate_sr",
     "markdown_mean_table",
+    "mod_crop",
     "model_names",
     "run",
+    "sr_markdown",
+    "sr_report",
     "to_json",
 ]
 
@@ -82,8 +115,10 @@ _TITLES = {
     "colorfulness": "Colourfulness M (truth's in the last column)",
     "delta_e00": "Mean ΔE00 (lower is better)",
 }
-_HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "colorfulness": "M", "delta_e00": "ΔE00"}
-_DECIMALS = {"psnr": 2, "ssim": 4, "colorfulness": 2, "delta_e00": 2}
+_HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "colorfulness": "M", "delta_e00": "ΔE00",
+            "psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR-RGB"}
+_DECIMALS = {"psnr": 2, "ssim": 4, "colorfulness": 2, "delta_e00": 2,
+             "psnr_y": 2, "ssim_y": 4, "psnr_rgb": 2}
 
 METRIC_VARIANTS = {
     "psnr": "PSNR = 10 log10(255^2 / MSE) over all RGB pixels and channels (0..255, peak 255); "
@@ -157,14 +192,16 @@ class ColorizeEvalConfig:
             raise ValueError(f"grid_height must be >= 1, got {self.grid_height}")
 
 
-def model_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+def model_names(paths: Sequence[str | os.PathLike], *,
+                reserved: Iterable[str] = _RESERVED_NAMES) -> list[str]:
     """Table names for model files: the file stem, made unique.
 
-    Stems that collide (or that a report key already uses, like ``gray``) get as many of
-    their folders in front as it takes to tell them apart (``run1/model``,
-    ``a/train/best`` vs ``b/train/best``); names still equal after that (the same file twice)
-    get ``#2``, ``#3``.
+    Stems that collide (or that a report key already uses, like ``gray``; ``reserved``, by
+    default the colorize report's keys) get as many of their folders in front as it takes to
+    tell them apart (``run1/model``, ``a/train/best`` vs ``b/train/best``); names still equal
+    after that (the same file twice) get ``#2``, ``#3``.
     """
+    reserved = frozenset(reserved)
     paths = [pathlib.Path(os.path.abspath(p)) for p in paths]
     stems = [p.stem for p in paths]
 
@@ -173,7 +210,7 @@ def model_names(paths: Sequence[str | os.PathLike]) -> list[str]:
 
     names = []
     for p in paths:
-        if stems.count(p.stem) == 1 and p.stem not in _RESERVED_NAMES:
+        if stems.count(p.stem) == 1 and p.stem not in reserved:
             names.append(p.stem)
             continue
         others = [q for q in paths if q.stem == p.stem and q != p]
@@ -375,6 +412,321 @@ def evaluate_colorize(config: ColorizeEvalConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Task "sr" (super-resolution).
+
+BICUBIC = "bicubic"  # name of the bicubic baseline in reports
+HR = "hr"
+CROPS_PNG = "crops.png"
+DEFAULT_CROP_SIZE = 96
+CROP_DISPLAY_HEIGHT = 192  # crops.png cells are enlarged by pixel repetition to about this
+
+_SR_RESERVED_NAMES = frozenset({"name", "width", "height", "lr_width", "lr_height", BICUBIC, HR})
+_SR_METRICS = ("psnr_y", "ssim_y", "psnr_rgb")
+_SR_TITLES = {
+    "psnr_y": "PSNR-Y (dB, BT.601 studio Y, border crop = scale; higher is better)",
+    "ssim_y": "SSIM-Y (BT.601 studio Y, border crop = scale; higher is better)",
+    "psnr_rgb": "PSNR-RGB (dB, whole image; higher is better)",
+}
+
+
+def _sr_metric_variants(scale: int) -> dict:
+    return {
+        "psnr_y": f"PSNR = 10 log10(255^2 / MSE) on the Y channel of YCbCr, BT.601 studio "
+                  f"swing (Y = 16 + 65.481 R + 128.553 G + 24.966 B, RGB in [0, 1]), not "
+                  f"rounded, float64, {scale} px (= scale) cropped from every border, peak "
+                  f"255 (koala.metrics.psnr_y); identical images give inf, written as the "
+                  f"string \"inf\" in metrics.json",
+        "ssim_y": f"SSIM (Wang et al. 2004) of the same studio Y with the same {scale} px "
+                  f"border crop: Gaussian window 11x11 sigma 1.5, K1 0.01, K2 0.03, data "
+                  f"range 255, population moments, 5 px (window radius) more border excluded "
+                  f"(koala.metrics.ssim_y); null when the cropped image is under 11 px on a "
+                  f"side",
+        "psnr_rgb": "PSNR = 10 log10(255^2 / MSE) over all RGB pixels and channels (0..255, "
+                    "peak 255), whole image, no border crop (koala.metrics.psnr)",
+        "hr": f"the truth: the image, mod-cropped (bottom and right) to a multiple of {scale}",
+        "lr": f"koala.data.pipelines.bicubic_downscale(HR / 255, {scale}) (the SR training "
+              f"degradation: bicubic, anti-aliased, clipped), rounded to uint8",
+        BICUBIC: f"the bicubic baseline: koala.data.pipelines.bicubic_upscale(LR / 255, "
+                 f"{scale}) (tf.image.resize bicubic, clipped), rounded to uint8",
+        "models": "koala.upscale.Upscaler.upscale(LR), uint8",
+        "mean": "arithmetic mean over the evaluated images (SSIM-Y: over the images that have "
+                "one); a single inf PSNR makes the mean inf",
+    }
+
+
+class SupportsUpscale(Protocol):
+    """What :func:`sr_report` needs of a model: :class:`koala.upscale.Upscaler` or a stub with
+    the same ``scale`` and ``upscale``."""
+
+    @property
+    def scale(self) -> int: ...
+
+    def upscale(self, rgb: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SREvalConfig:
+    """What :func:`evaluate_sr` evaluates and where the results go.
+
+    models:      saved SR models (``.keras`` files), at least one; each must be of ``scale``.
+    images:      a folder of images (walked recursively, ``koala.images.find_images``) or one
+                 image file: the high-res truths.
+    scale:       the upscaling factor (every model's ``scale`` must equal it).
+    output_dir:  where metrics.json, metrics.md and crops.png go (created if needed).
+    max_images:  stop after this many evaluated images (None: all of them).
+    crop_size:   side in high-res pixels of the centred crop shown in crops.png.
+    progress:    show a progress bar over the images on stderr.
+    """
+
+    models: tuple[str, ...]
+    images: str
+    scale: int
+    output_dir: str = os.path.join("runs", "eval", "sr")
+    max_images: int | None = None
+    crop_size: int = DEFAULT_CROP_SIZE
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.models:
+            raise ValueError("at least one model is needed")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
+            raise ValueError(f"scale must be an integer >= 1, got {self.scale!r}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
+        if self.crop_size < 1:
+            raise ValueError(f"crop_size must be >= 1, got {self.crop_size}")
+
+
+def mod_crop(rgb: np.ndarray, scale: int) -> np.ndarray:
+    """The image cut (bottom and right) to a multiple of ``scale`` on both sides."""
+    h, w = rgb.shape[:2]
+    return rgb[: h - h % scale, : w - w % scale]
+
+
+def _to_uint8(x01) -> np.ndarray:
+    """[0, 1] float (tensor or array) -> uint8 0..255, rounded half to even."""
+    return np.clip(np.round(np.asarray(x01, np.float32) * np.float32(255.0)),
+                   0, 255).astype(np.uint8)
+
+
+def degrade(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The low-res input for a uint8 (H, W, 3) HR image (H, W multiples of ``scale``).
+
+    ``round(255 * pipelines.bicubic_downscale(HR / 255, scale))`` as uint8: the SR training
+    degradation itself (looked up on :mod:`koala.data.pipelines` at call time, never copied),
+    then 8 bits, as a real low-res image has.
+    """
+    x = np.asarray(hr, np.uint8).astype(np.float32) / np.float32(255.0)
+    return _to_uint8(pipelines.bicubic_downscale(x, scale))
+
+
+def bicubic_baseline(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The bicubic baseline: ``round(255 * pipelines.bicubic_upscale(LR / 255, scale))``."""
+    x = np.asarray(lr, np.uint8).astype(np.float32) / np.float32(255.0)
+    return _to_uint8(pipelines.bicubic_upscale(x, scale))
+
+
+def _sr_method_metrics(hr: np.ndarray, output: np.ndarray, scale: int) -> dict:
+    """Y-PSNR and Y-SSIM (border crop = scale) and whole-image RGB PSNR of one output."""
+    fits = min(hr.shape[:2]) - 2 * scale >= _SSIM_MIN_SIDE
+    return {
+        "psnr_y": metrics.psnr_y(hr, output, crop=scale),
+        "ssim_y": metrics.ssim_y(hr, output, crop=scale) if fits else None,
+        "psnr_rgb": metrics.psnr(hr, output, peak=255.0),
+    }
+
+
+def _check_scales(upscalers: dict, scale: int) -> None:
+    for name, upscaler in upscalers.items():
+        model_scale = getattr(upscaler, "scale", None)
+        if model_scale is not None and int(model_scale) != scale:
+            raise KoalaError(f"model {name!r} upscales x{int(model_scale)}, but --scale is "
+                             f"{scale}")
+
+
+def sr_report(
+    upscalers: dict[str, SupportsUpscale],
+    image_paths: Iterable[str | os.PathLike],
+    *,
+    scale: int,
+    root: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    progress: bool = False,
+    on_image: ImageCallback | None = None,
+) -> dict:
+    """Evaluates SR models and the bicubic baseline on image files; the core of the sr task.
+
+    For each image (``koala.images.load_image``; unreadable ones are skipped and listed, and
+    so are images too small for the border crop): HR = :func:`mod_crop` of the image, LR =
+    :func:`degrade` (HR), the baseline :func:`bicubic_baseline` (LR), each model's output
+    ``upscaler.upscale(LR)``; each is scored against HR with :func:`_sr_method_metrics`.
+
+    Args:
+      upscalers: table name -> model (a :class:`koala.upscale.Upscaler` or anything with its
+        ``scale`` and ``upscale(uint8 (h, w, 3)) -> uint8 (h*s, w*s, 3)``); names must not be
+        ``bicubic``, ``hr`` or a per-image key.
+      image_paths: image files, evaluated in this order.
+      scale: the upscaling factor; every upscaler's ``scale`` must equal it.
+      root: image names in the report are relative to it (default: the paths as given).
+      max_images: stop after this many evaluated (not skipped) images.
+      progress: show a progress bar on stderr.
+      on_image: called as ``on_image(name, [bicubic, *outputs, hr])`` for every evaluated
+        image (uint8 arrays of HR size), e.g. to build a comparison grid.
+
+    Returns:
+      ``{"task": "sr", "images": N, "scale", "methods": ["bicubic", *models],
+      "metric_variants", "per_image": [...], "mean": {...}, "skipped": [...]}`` where each
+      per-image entry is ``{"name", "width", "height" (of HR, mod-cropped), "lr_width",
+      "lr_height", "bicubic": {psnr_y, ssim_y, psnr_rgb}, "<model>": {...}}``, ``mean`` has
+      the same per-method dicts and ``skipped`` lists ``{"path", "reason"}``. PSNR may be
+      ``math.inf``, SSIM-Y None.
+
+    Raises:
+      KoalaError: a model's ``scale`` isn't ``scale``.
+      ValueError: a model name is reserved, ``scale`` < 1, or a model's output isn't a uint8
+        image of HR's shape.
+    """
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
+    clashes = sorted(set(upscalers) & _SR_RESERVED_NAMES)
+    if clashes:
+        raise ValueError(f"model names {clashes} are reserved; rename them (see model_names)")
+    _check_scales(upscalers, scale)
+    paths = list(image_paths)
+    methods = [BICUBIC, *upscalers]
+    per_image: list[dict] = []
+    skipped: list[dict] = []
+    with Progress(len(paths), "evaluate", enabled=progress) as bar:
+        for path in paths:
+            if max_images is not None and len(per_image) >= max_images:
+                break
+            name = _display_name(path, root)
+            try:
+                rgb = images.load_image(path, name=name).rgb
+            except ImageError as e:
+                skipped.append({"path": name, "reason": e.reason})
+                bar.update()
+                continue
+            hr = mod_crop(rgb, scale)
+            if min(hr.shape[:2]) <= 2 * scale:
+                skipped.append({"path": name, "reason": (
+                    f"too small for x{scale}: {rgb.shape[1]}x{rgb.shape[0]} px, the "
+                    f"{scale} px border crop needs more than {2 * scale} px a side")})
+                bar.update()
+                continue
+            lr = degrade(hr, scale)
+            outputs = {BICUBIC: bicubic_baseline(lr, scale)}
+            for model_name, upscaler in upscalers.items():
+                output = np.asarray(upscaler.upscale(lr))
+                if output.shape != hr.shape or output.dtype != np.uint8:
+                    raise ValueError(
+                        f"model {model_name!r} returned {output.dtype} {output.shape} for "
+                        f"{name}: expected uint8 {hr.shape} (x{scale} of {lr.shape})")
+                outputs[model_name] = output
+            entry = {
+                "name": name,
+                "width": int(hr.shape[1]),
+                "height": int(hr.shape[0]),
+                "lr_width": int(lr.shape[1]),
+                "lr_height": int(lr.shape[0]),
+            }
+            for method in methods:
+                entry[method] = _sr_method_metrics(hr, outputs[method], scale)
+            per_image.append(entry)
+            if on_image is not None:
+                on_image(name, [*(outputs[m] for m in methods), hr])
+            bar.update()
+    mean = {m: {k: _mean(e[m][k] for e in per_image) for k in _SR_METRICS} for m in methods}
+    return {
+        "task": "sr",
+        "images": len(per_image),
+        "scale": int(scale),
+        "methods": methods,
+        "metric_variants": _sr_metric_variants(scale),
+        "per_image": per_image,
+        "mean": mean,
+        "skipped": skipped,
+    }
+
+
+def crop_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """``(top, left, crop_height, crop_width)`` of the centred ``size`` x ``size`` crop of a
+    ``height`` x ``width`` image, clipped to the image."""
+    ch, cw = min(size, height), min(size, width)
+    return (height - ch) // 2, (width - cw) // 2, ch, cw
+
+
+def _crop_cells(cells: list[np.ndarray], size: int, display: int) -> list[np.ndarray]:
+    """The same centred crop of every cell, enlarged by pixel repetition to about
+    ``display`` px high (``make_grid`` then has little or nothing left to resample)."""
+    top, left, ch, cw = crop_box(*cells[-1].shape[:2], size)
+    k = max(1, round(display / ch))
+    return [np.repeat(np.repeat(c[top : top + ch, left : left + cw], k, 0), k, 1)
+            for c in cells]
+
+
+def evaluate_sr(config: SREvalConfig) -> dict:
+    """The sr task: loads the models, runs :func:`sr_report`, writes the outputs.
+
+    Writes metrics.json, metrics.md and crops.png into ``config.output_dir`` (see the module
+    docstring) and returns the report as written to metrics.json, before JSON conversion
+    (``models`` maps table names to model files; ``images_dir``, ``crop_size`` and
+    ``crop_display_height`` are added to :func:`sr_report`'s keys).
+
+    Raises:
+      KoalaError: a model file or the images folder is missing, a model doesn't load (or
+        isn't an SR model), or a model's scale isn't ``config.scale``.
+      NoUsableImagesError: no image could be evaluated (nothing is written then).
+    """
+    from koala.upscale import Upscaler  # keras and the models only when this task runs
+
+    for path in config.models:
+        if not os.path.isfile(path):
+            raise KoalaError(f"model file not found: {path}")
+    paths = images.find_images(config.images)  # KoalaError when the folder is missing
+    if not paths:
+        raise NoUsableImagesError(f"no image files in {config.images}")
+    names = model_names(config.models, reserved=_SR_RESERVED_NAMES)
+    upscalers = {name: Upscaler.load(path)
+                 for name, path in zip(names, config.models, strict=True)}
+    _check_scales(upscalers, config.scale)  # before any image is read
+
+    # Cells of about CROP_DISPLAY_HEIGHT px: crop_size * a whole repetition factor.
+    height = config.crop_size * max(1, round(CROP_DISPLAY_HEIGHT / config.crop_size))
+    rows: list[list[np.ndarray]] = []
+
+    def keep_row(_name: str, cells: list[np.ndarray]) -> None:
+        rows.append(_crop_cells(cells, config.crop_size, height))  # crop now: small rows
+
+    root = config.images if os.path.isdir(config.images) else None
+    result = sr_report(upscalers, paths, scale=config.scale, root=root,
+                       max_images=config.max_images, progress=config.progress,
+                       on_image=keep_row)
+    if not result["images"]:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in result["skipped"][:3])
+        more = "; ..." if len(result["skipped"]) > 3 else ""
+        raise NoUsableImagesError(
+            f"no usable image in {config.images} ({len(result['skipped'])} skipped: "
+            f"{reasons}{more})")
+
+    report = {
+        "task": result["task"],
+        "images_dir": os.path.abspath(config.images),
+        "images": result["images"],
+        "scale": result["scale"],
+        "models": {name: os.path.abspath(p) for name, p in zip(names, config.models, strict=True)},
+        "crop_size": config.crop_size,
+        "crop_display_height": height,
+        **{k: v for k, v in result.items() if k not in ("task", "images", "scale")},
+    }
+    os.makedirs(config.output_dir, exist_ok=True)
+    _atomic_write_text(os.path.join(config.output_dir, METRICS_JSON), to_json(report))
+    _atomic_write_text(os.path.join(config.output_dir, METRICS_MD), sr_markdown(report))
+    save_png(os.path.join(config.output_dir, CROPS_PNG), make_grid(rows, height=height))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
 # Report formatting.
 
 
@@ -468,10 +820,43 @@ def colorize_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sr_markdown(report: dict) -> str:
+    """metrics.md for the sr task: the means (rows bicubic, then each model), then per metric
+    a table with one row per image, bicubic first on every row and the models next to it."""
+    methods = report["methods"]
+    models = report.get("models") or {}
+    scale = report["scale"]
+    variants = report.get("metric_variants") or _sr_metric_variants(scale)
+    lines = [
+        f"# Super-resolution x{scale}: models against the bicubic baseline",
+        "",
+        f"{report['images']} images, x{scale}; {len(report['skipped'])} skipped. PSNR-Y and "
+        f"SSIM-Y: BT.601 studio Y, {scale} px border crop (= scale), float64; PSNR-RGB: whole "
+        f"image, peak 255.",
+        "",
+    ]
+    for name in methods[1:]:
+        lines.append(f"- `{_escape(name)}`: {models.get(name, 'in-memory model')}")
+    lines.append(f"- `{BICUBIC}`: {variants[BICUBIC]}")
+    lines.append(f"- LR input: {variants['lr']}")
+    lines += ["", "## Mean", "", markdown_mean_table(report).rstrip("\n"), ""]
+    for key in _SR_METRICS:
+        header = ["image", *map(_escape, methods)]
+        rows = [[_escape(e["name"]), *(_cell(e[m][key], _DECIMALS[key]) for m in methods)]
+                for e in report["per_image"]]
+        lines += [f"## {_SR_TITLES[key]}", "", *_table(header, rows), ""]
+    lines += ["## Metric variants", ""]
+    lines += [f"- **{k}**: {v}" for k, v in variants.items()]
+    if report["skipped"]:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- `{_escape(s['path'])}`: {s['reason']}" for s in report["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # The tasks, by name, and the command line.
 
-TASKS: dict[str, Callable] = {"colorize": evaluate_colorize}
+TASKS: dict[str, Callable] = {"colorize": evaluate_colorize, "sr": evaluate_sr}
 """Task name -> function(config) -> report dict."""
 
 FLAGS = flags.FLAGS
@@ -506,11 +891,21 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                         "(imagenet, none or a local weights file).", flag_values=fv)
     flags.DEFINE_integer("grid_height", 160, "Height in pixels of each grid.png cell.",
                          lower_bound=8, flag_values=fv)
+    flags.DEFINE_integer("scale", None, "sr (required): the upscaling factor; every model "
+                         "must be of this scale.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("crop_size", DEFAULT_CROP_SIZE,
+                         "sr: side in high-res pixels of the centred crop in crops.png.",
+                         lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
 
 
-_FLAG_NAMES = ("task", "model", "images", "output_dir", "max_images", "saturation",
-               "embedder_weights", "grid_height", "progress")
+# The flags each task's flags.txt records, in order.
+_TASK_FLAG_NAMES = {
+    "colorize": ("task", "model", "images", "output_dir", "max_images", "saturation",
+                 "embedder_weights", "grid_height", "progress"),
+    "sr": ("task", "model", "images", "scale", "output_dir", "max_images", "crop_size",
+           "progress"),
+}
 
 
 def _colorize_config(fv: flags.FlagValues = FLAGS) -> ColorizeEvalConfig:
@@ -522,14 +917,23 @@ def _colorize_config(fv: flags.FlagValues = FLAGS) -> ColorizeEvalConfig:
         progress=fv.progress)
 
 
+def _sr_config(fv: flags.FlagValues = FLAGS) -> SREvalConfig:
+    if fv.scale is None:
+        raise KoalaError("--scale is required for --task=sr")
+    return SREvalConfig(
+        models=tuple(fv.model), images=fv.images, scale=fv.scale,
+        output_dir=fv.output_dir or os.path.join("runs", "eval", "sr"),
+        max_images=fv.max_images, crop_size=fv.crop_size, progress=fv.progress)
+
+
 # Task name -> config built from the flags; the same keys as TASKS.
-_CONFIG_FROM_FLAGS = {"colorize": _colorize_config}
+_CONFIG_FROM_FLAGS = {"colorize": _colorize_config, "sr": _sr_config}
 
 
 def _flags_text() -> str:
     """The effective flags, one ``--flag=value`` per line (a flagfile)."""
     lines = []
-    for name in _FLAG_NAMES:
+    for name in _TASK_FLAG_NAMES[FLAGS.task]:
         value = FLAGS[name].value
         for item in value if isinstance(value, list) else [value]:
             if item is not None:
@@ -540,8 +944,8 @@ def _flags_text() -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG_FROM_FLAGS[FLAGS.task]()
     try:
+        config = _CONFIG_FROM_FLAGS[FLAGS.task]()
         report = TASKS[FLAGS.task](config)
     except NoUsableImagesError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -555,6 +959,10 @@ def main(argv):
     print(f"{FLAGS.task}: {report['images']} images, {len(report['skipped'])} skipped; "
           f"mean over images:")
     print(markdown_mean_table(report), end="")
+    if FLAGS.task == "sr":
+        print(f"x{report['scale']}: PSNR-Y and SSIM-Y on BT.601 studio Y with a "
+              f"{report['scale']} px border crop, PSNR-RGB on the whole image; crops: "
+              f"{os.path.join(config.output_dir, CROPS_PNG)}")
     print(f"report: {os.path.join(config.output_dir, METRICS_MD)}")
     return 0
 

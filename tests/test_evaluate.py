@@ -203,7 +203,7 @@ def test_evaluate_colorize_input_errors(photos, model_path, tmp_path):
     with pytest.raises(ValueError, match="at least one model"):
         evaluate.ColorizeEvalConfig(models=(), images="x")
     assert not (tmp_path / "out").exists()
-    assert set(evaluate.TASKS) == set(evaluate._CONFIG_FROM_FLAGS) == {"colorize"}
+    assert set(evaluate.TASKS) == set(evaluate._CONFIG_FROM_FLAGS) == {"colorize", "sr"}
 
 
 def test_flags_are_defined_by_run_not_at_import():
