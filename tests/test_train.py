@@ -213,3 +213,12 @@ def test_sr_models_train_through_koala_train(records, tmp_path, model_name, upsa
     side = 33 if upsampled else 11
     out = model(tf.zeros([1, side, side, 1]))
     assert out.shape[1] == (21 if upsampled else 33)
+
+
+def test_cli_smoke_srcnn_flagfile(records, tmp_path):
+    proc = _cli("--flagfile=experiments/smoke_srcnn.flags", f"--train_records={records}",
+                f"--workdir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert log_epochs(tmp_path / "run") == [0, 1]
+    model = keras.saving.load_model(tmp_path / "run" / "best.keras")
+    assert type(model).__name__ == "SRCNN" and model.config.scale == 3
