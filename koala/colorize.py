@@ -37,13 +37,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from koala import color, geometry, images
+from koala import batch, color, geometry, images
 from koala import grid as grid_lib
 from koala.embedder import Embedder
-from koala.errors import ImageError, KoalaError
+from koala.errors import KoalaError
 from koala.models import fusion  # noqa: F401  (registers FusionColorizer for load_model)
 from koala.models.fusion import FusionConfig
-from koala.progress import Progress
 
 __all__ = [
     "DEFAULT_SATURATION",
@@ -297,40 +296,10 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 def output_paths(inputs, output_dir, suffix: str = "_color") -> list[tuple[pathlib.Path,
                                                                            pathlib.Path]]:
-    """``(input file, output PNG)`` pairs for the command line's inputs.
-
-    A file maps to ``output_dir/<stem><suffix>.png``; a folder's images (found recursively by
-    :func:`koala.images.find_images`) keep their sub-folders under ``output_dir``.
-
-    Raises:
-      KoalaError: an input does not exist, two inputs would write the same output, or an
-        output would overwrite an input.
-    """
-    output_dir = pathlib.Path(output_dir)
-    pairs = []
-    for item in inputs:
-        root = pathlib.Path(item)
-        for path in images.find_images(root):
-            rel = path.relative_to(root).parent if root.is_dir() else pathlib.Path()
-            pairs.append((path, output_dir / rel / f"{path.stem}{suffix}.png"))
-    seen: dict[pathlib.Path, pathlib.Path] = {}
-    unique = []
-    for path, out in pairs:  # the same file named twice is colorized once
-        if path.resolve() not in seen:
-            seen[path.resolve()] = path
-            unique.append((path, out))
-    pairs = unique
-    owners: dict[pathlib.Path, pathlib.Path] = {}
-    for path, out in pairs:
-        for target in (out, out.with_name(out.stem + "_grid.png")):
-            key = target.resolve()
-            if key in seen:
-                raise KoalaError(f"{target} would overwrite the input {seen[key]}")
-            if key in owners and owners[key] != path:
-                raise KoalaError(f"{owners[key]} and {path} would both be written to {target}; "
-                                 "rename one or colorize them separately")
-            owners[key] = path
-    return pairs
+    """``(input file, output PNG)`` pairs (:func:`koala.batch.output_paths`); the optional
+    ``<stem><suffix>_grid.png`` beside each output is checked for clashes too."""
+    return batch.output_paths(inputs, output_dir, suffix, companions=("_grid",),
+                              verb="colorize")
 
 
 def _grid_row(loaded: images.LoadedImage, result: np.ndarray) -> list[np.ndarray]:
@@ -360,27 +329,16 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    done = failed = 0
-    with Progress(len(pairs), "colorize", "img", enabled=FLAGS.progress) as bar:
-        for path, out in pairs:
-            try:
-                loaded = images.load_image(path, max_pixels=FLAGS.max_pixels)
-                result = colorizer.colorize(loaded, saturation=FLAGS.saturation)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                grid_lib.save_png(out, result)
-                if FLAGS.grid:
-                    height = min(loaded.height, 512)  # never upscale; cap huge inputs
-                    grid_lib.save_png(out.with_name(out.stem + "_grid.png"),
-                                      grid_lib.make_grid([_grid_row(loaded, result)],
-                                                         height=height))
-                done += 1
-            except ImageError as e:
-                failed += 1
-                print(f"{e.path}: {e.reason}", file=sys.stderr)
-            except OSError as e:
-                failed += 1
-                print(f"{path}: cannot write {out}: {e.strerror or e}", file=sys.stderr)
-            bar.update(1)
+    def handle(loaded, out):
+        result = colorizer.colorize(loaded, saturation=FLAGS.saturation)
+        grid_lib.save_png(out, result)
+        if FLAGS.grid:
+            height = min(loaded.height, 512)  # never upscale; cap huge inputs
+            grid_lib.save_png(out.with_name(out.stem + "_grid.png"),
+                              grid_lib.make_grid([_grid_row(loaded, result)], height=height))
+
+    done, failed = batch.process(pairs, handle, desc="colorize", max_pixels=FLAGS.max_pixels,
+                                 progress=FLAGS.progress)
     print(f"colorized {done}, failed {failed} -> {FLAGS.output_dir}")
     return 1 if failed else 0
 

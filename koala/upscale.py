@@ -65,12 +65,11 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from koala import color, images
+from koala import batch, color, images
 from koala import grid as grid_lib
 from koala.data import pipelines
-from koala.errors import ImageError, KoalaError
+from koala.errors import KoalaError
 from koala.models import sr
-from koala.progress import Progress
 
 __all__ = [
     "BICUBIC_MARGIN",
@@ -394,34 +393,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 def output_paths(inputs, output_dir, suffix: str) -> list[tuple[pathlib.Path, pathlib.Path]]:
-    """``(input file, output PNG)`` pairs: a file -> ``output_dir/<stem><suffix>.png``, a
-    folder's images (:func:`koala.images.find_images`) keep their sub-folders.
-
-    Raises:
-      KoalaError: an input does not exist, two inputs would write the same output, or an
-        output would overwrite an input.
-    """
-    output_dir = pathlib.Path(output_dir)
-    seen: dict[pathlib.Path, pathlib.Path] = {}
-    pairs = []
-    for item in inputs:
-        root = pathlib.Path(item)
-        for path in images.find_images(root):
-            if path.resolve() in seen:  # the same file named twice is upscaled once
-                continue
-            seen[path.resolve()] = path
-            rel = path.relative_to(root).parent if root.is_dir() else pathlib.Path()
-            pairs.append((path, output_dir / rel / f"{path.stem}{suffix}.png"))
-    owners: dict[pathlib.Path, pathlib.Path] = {}
-    for path, out in pairs:
-        key = out.resolve()
-        if key in seen:
-            raise KoalaError(f"{out} would overwrite the input {seen[key]}")
-        if key in owners:
-            raise KoalaError(f"{owners[key]} and {path} would both be written to {out}; "
-                             "rename one or upscale them separately")
-        owners[key] = path
-    return pairs
+    """``(input file, output PNG)`` pairs (:func:`koala.batch.output_paths`)."""
+    return batch.output_paths(inputs, output_dir, suffix, verb="upscale")
 
 
 def main(argv):
@@ -442,22 +415,11 @@ def main(argv):
               f"(extensions: {' '.join(images.IMAGE_EXTENSIONS)})", file=sys.stderr)
         return 2
 
-    done = failed = 0
-    with Progress(len(pairs), "upscale", "img", enabled=FLAGS.progress) as bar:
-        for path, out in pairs:
-            try:
-                loaded = images.load_image(path, max_pixels=FLAGS.max_pixels)
-                result = upscaler.upscale(loaded.rgb)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                grid_lib.save_png(out, result)
-                done += 1
-            except ImageError as e:
-                failed += 1
-                print(f"{e.path}: {e.reason}", file=sys.stderr)
-            except OSError as e:
-                failed += 1
-                print(f"{path}: cannot write {out}: {e.strerror or e}", file=sys.stderr)
-            bar.update(1)
+    def handle(loaded, out):
+        grid_lib.save_png(out, upscaler.upscale(loaded.rgb))
+
+    done, failed = batch.process(pairs, handle, desc="upscale", max_pixels=FLAGS.max_pixels,
+                                 progress=FLAGS.progress)
     print(f"upscaled {done} x{upscaler.scale}, failed {failed} -> {FLAGS.output_dir}")
     return 1 if failed else 0
 

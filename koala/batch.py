@@ -1,0 +1,74 @@
+"""What koala's image-in, image-out tools (colorize, upscale, ...) share: pairing inputs with
+output files, and the per-file loop that reports bad files and keeps going."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from collections.abc import Callable
+
+from koala import images
+from koala.errors import ImageError, KoalaError
+from koala.progress import Progress
+
+
+def output_paths(inputs, output_dir, suffix: str, *, companions=(),
+                 verb: str = "process") -> list[tuple[pathlib.Path, pathlib.Path]]:
+    """``(input file, output PNG)`` pairs for a command line's inputs.
+
+    A file maps to ``output_dir/<stem><suffix>.png``; a folder's images (found recursively by
+    :func:`koala.images.find_images`) keep their sub-folders under ``output_dir``. The same
+    file named twice is processed once. ``companions`` are other suffixes each output writes
+    beside it (``"_grid"`` -> ``<stem><suffix>_grid.png``); they are checked for clashes too.
+
+    Raises:
+      KoalaError: an input does not exist, two inputs would write the same output, or an
+        output would overwrite an input.
+    """
+    output_dir = pathlib.Path(output_dir)
+    seen: dict[pathlib.Path, pathlib.Path] = {}
+    pairs = []
+    for item in inputs:
+        root = pathlib.Path(item)
+        for path in images.find_images(root):
+            if path.resolve() in seen:
+                continue
+            seen[path.resolve()] = path
+            rel = path.relative_to(root).parent if root.is_dir() else pathlib.Path()
+            pairs.append((path, output_dir / rel / f"{path.stem}{suffix}.png"))
+    owners: dict[pathlib.Path, pathlib.Path] = {}
+    for path, out in pairs:
+        for target in (out, *(out.with_name(out.stem + c + ".png") for c in companions)):
+            key = target.resolve()
+            if key in seen:
+                raise KoalaError(f"{target} would overwrite the input {seen[key]}")
+            if key in owners and owners[key] != path:
+                raise KoalaError(f"{owners[key]} and {path} would both be written to {target}; "
+                                 f"rename one or {verb} them separately")
+            owners[key] = path
+    return pairs
+
+
+def process(pairs, handle: Callable, *, desc: str, max_pixels: int,
+            progress: bool = True) -> tuple[int, int]:
+    """Loads each input and calls ``handle(loaded_image, output_path)``, which writes.
+
+    A bad input (:class:`koala.errors.ImageError`) or a failed write is reported on stderr as
+    ``path: reason`` and skipped; the loop goes on. Returns (done, failed).
+    """
+    done = failed = 0
+    with Progress(len(pairs), desc, "img", enabled=progress) as bar:
+        for path, out in pairs:
+            try:
+                loaded = images.load_image(path, max_pixels=max_pixels)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                handle(loaded, out)
+                done += 1
+            except ImageError as e:
+                failed += 1
+                print(f"{e.path}: {e.reason}", file=sys.stderr)
+            except OSError as e:
+                failed += 1
+                print(f"{path}: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+            bar.update(1)
+    return done, failed
