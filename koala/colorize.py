@@ -30,18 +30,16 @@ import math
 import os
 import pathlib
 import sys
-import zipfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from koala import batch, color, geometry, images
+from koala import batch, color, geometry, images, models
 from koala import grid as grid_lib
 from koala.embedder import Embedder
 from koala.errors import KoalaError
-from koala.models import fusion  # noqa: F401  (registers FusionColorizer for load_model)
+from koala.models import fusion
 from koala.models.fusion import FusionConfig
 
 __all__ = [
@@ -171,24 +169,7 @@ class Colorizer:
           KoalaError: the file is missing, is not a loadable Keras model, or is not a koala
             fusion colorizer; WeightsError when the embedder's weights can't be loaded.
         """
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise KoalaError(f"model file not found: {path}")
-        if path.endswith(".keras") and not zipfile.is_zipfile(path):
-            raise KoalaError(f"{path} is not a Keras model (a .keras file is a zip archive)")
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as e:  # keras raises ValueError, OSError, zipfile errors, ...
-            message = " ".join(str(e).split())
-            if len(message) > 300:
-                message = message[:300] + "..."
-            raise KoalaError(
-                f"{path} is not a loadable Keras model ({type(e).__name__}: {message})"
-            ) from e
-        if not isinstance(model, fusion.FusionColorizer):
-            raise KoalaError(
-                f"{path} holds a {type(model).__name__}, not a koala fusion colorizer"
-            )
+        model = models.load(path, (fusion.FusionColorizer,), "a koala fusion colorizer")
         return cls(model, embedder_weights=embedder_weights)
 
     def predict_ab(self, rgb) -> np.ndarray:

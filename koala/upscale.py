@@ -57,15 +57,13 @@ import math
 import os
 import pathlib
 import sys
-import zipfile
 from collections.abc import Callable, Iterator
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from koala import batch, color, images
+from koala import batch, color, images, models
 from koala import grid as grid_lib
 from koala.data import pipelines
 from koala.errors import KoalaError
@@ -237,23 +235,8 @@ class Upscaler:
           KoalaError: the file is missing, is not a loadable Keras model, or is not a koala SR
             model.
         """
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise KoalaError(f"model file not found: {path}")
-        if path.endswith(".keras") and not zipfile.is_zipfile(path):
-            raise KoalaError(f"{path} is not a Keras model (a .keras file is a zip archive)")
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as e:  # keras raises ValueError, OSError, zipfile errors, ...
-            message = " ".join(str(e).split())
-            if len(message) > 300:
-                message = message[:300] + "..."
-            raise KoalaError(
-                f"{path} is not a loadable Keras model ({type(e).__name__}: {message})"
-            ) from e
-        if not isinstance(model, sr.SRCNN | sr.FSRCNN | sr.SRAutoencoder):
-            raise KoalaError(f"{path} holds a {type(model).__name__}, not a koala SR model "
-                             "(SRCNN, FSRCNN or SRAutoencoder)")
+        model = models.load(path, (sr.SRCNN, sr.FSRCNN, sr.SRAutoencoder),
+                            "a koala SR model (SRCNN, FSRCNN or SRAutoencoder)")
         return cls(model, **kwargs)
 
     @property

@@ -6,7 +6,38 @@ Keras' serialisation, so a saved ``.keras`` file reloads with plain
 in ``koala.training.MODELS``.
 """
 
+import os
+import zipfile
+
+import keras
+
+from koala.errors import KoalaError
 from koala.models import (
     fusion,  # noqa: F401  (registers FusionLayer, FusionColorizer)
     sr,  # noqa: F401  (registers SRCNN, FSRCNN, SRAutoencoder)
 )
+
+
+def load(path, types: tuple, kind: str) -> keras.Model:
+    """Loads a saved ``.keras`` model for inference (``compile=False``) and checks its type.
+
+    Raises:
+      KoalaError: the file is missing, is not a loadable Keras model, or holds a model that
+        is not one of ``types`` (``kind`` names what was expected, for the message).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise KoalaError(f"model file not found: {path}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise KoalaError(f"{path} is not a Keras model (a .keras file is a zip archive)")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # keras raises ValueError, OSError, zipfile errors, ...
+        message = " ".join(str(e).split())
+        if len(message) > 300:
+            message = message[:300] + "..."
+        raise KoalaError(
+            f"{path} is not a loadable Keras model ({type(e).__name__}: {message})") from e
+    if not isinstance(model, types):
+        raise KoalaError(f"{path} holds a {type(model).__name__}, not {kind}")
+    return model
