@@ -258,6 +258,27 @@ def _display_name(path: str | os.PathLike, root: str | os.PathLike | None) -> st
     return str(path)
 
 
+def _readable_images(paths, *, root, max_images, per_image, skipped, progress):
+    """Yields ``(display name, uint8 RGB)`` for each readable image, with a progress bar.
+
+    Unreadable files are appended to ``skipped`` and the loop goes on; it stops once
+    ``per_image`` (the caller's evaluated entries) holds ``max_images``. The bar ticks once
+    per path, whether the caller evaluates or skips it.
+    """
+    with Progress(len(paths), "evaluate", enabled=progress) as bar:
+        for path in paths:
+            if max_images is not None and len(per_image) >= max_images:
+                break
+            name = _display_name(path, root)
+            try:
+                rgb = images.load_image(path, name=name).rgb
+            except ImageError as e:
+                skipped.append({"path": name, "reason": e.reason})
+            else:
+                yield name, rgb
+            bar.update()
+
+
 def colorize_report(
     colorizers: dict[str, SupportsColorize],
     image_paths: Iterable[str | os.PathLike],
@@ -306,36 +327,27 @@ def colorize_report(
     methods = [GRAY, *colorizers]
     per_image: list[dict] = []
     skipped: list[dict] = []
-    with Progress(len(paths), "evaluate", enabled=progress) as bar:
-        for path in paths:
-            if max_images is not None and len(per_image) >= max_images:
-                break
-            name = _display_name(path, root)
-            try:
-                truth = images.load_image(path, name=name).rgb
-            except ImageError as e:
-                skipped.append({"path": name, "reason": e.reason})
-                bar.update()
-                continue
-            outputs = {GRAY: gray_baseline(truth)}
-            for model_name, colorizer in colorizers.items():
-                output = np.asarray(colorizer.colorize(truth, saturation=saturation))
-                if output.shape != truth.shape:
-                    raise ValueError(f"model {model_name!r} returned shape {output.shape} for "
-                                     f"{name} of shape {truth.shape}")
-                outputs[model_name] = output
-            entry = {
-                "name": name,
-                "width": int(truth.shape[1]),
-                "height": int(truth.shape[0]),
-                "truth_colorfulness": metrics.colorfulness(truth),
-            }
-            for method in methods:
-                entry[method] = _method_metrics(truth, outputs[method])
-            per_image.append(entry)
-            if on_image is not None:
-                on_image(name, [*(outputs[m] for m in methods), truth])
-            bar.update()
+    for name, truth in _readable_images(paths, root=root, max_images=max_images,
+                                       per_image=per_image, skipped=skipped,
+                                       progress=progress):
+        outputs = {GRAY: gray_baseline(truth)}
+        for model_name, colorizer in colorizers.items():
+            output = np.asarray(colorizer.colorize(truth, saturation=saturation))
+            if output.shape != truth.shape:
+                raise ValueError(f"model {model_name!r} returned shape {output.shape} for "
+                                 f"{name} of shape {truth.shape}")
+            outputs[model_name] = output
+        entry = {
+            "name": name,
+            "width": int(truth.shape[1]),
+            "height": int(truth.shape[0]),
+            "truth_colorfulness": metrics.colorfulness(truth),
+        }
+        for method in methods:
+            entry[method] = _method_metrics(truth, outputs[method])
+        per_image.append(entry)
+        if on_image is not None:
+            on_image(name, [*(outputs[m] for m in methods), truth])
     mean = {m: {k: _mean(e[m][k] for e in per_image) for k in _METRICS} for m in methods}
     mean[TRUTH] = {"colorfulness": _mean(e["truth_colorfulness"] for e in per_image)}
     return {
@@ -596,46 +608,36 @@ def sr_report(
     methods = [BICUBIC, *upscalers]
     per_image: list[dict] = []
     skipped: list[dict] = []
-    with Progress(len(paths), "evaluate", enabled=progress) as bar:
-        for path in paths:
-            if max_images is not None and len(per_image) >= max_images:
-                break
-            name = _display_name(path, root)
-            try:
-                rgb = images.load_image(path, name=name).rgb
-            except ImageError as e:
-                skipped.append({"path": name, "reason": e.reason})
-                bar.update()
-                continue
-            hr = mod_crop(rgb, scale)
-            if min(hr.shape[:2]) <= 2 * scale:
-                skipped.append({"path": name, "reason": (
-                    f"too small for x{scale}: {rgb.shape[1]}x{rgb.shape[0]} px, the "
-                    f"{scale} px border crop needs more than {2 * scale} px a side")})
-                bar.update()
-                continue
-            lr = degrade(hr, scale)
-            outputs = {BICUBIC: bicubic_baseline(lr, scale)}
-            for model_name, upscaler in upscalers.items():
-                output = np.asarray(upscaler.upscale(lr))
-                if output.shape != hr.shape or output.dtype != np.uint8:
-                    raise ValueError(
-                        f"model {model_name!r} returned {output.dtype} {output.shape} for "
-                        f"{name}: expected uint8 {hr.shape} (x{scale} of {lr.shape})")
-                outputs[model_name] = output
-            entry = {
-                "name": name,
-                "width": int(hr.shape[1]),
-                "height": int(hr.shape[0]),
-                "lr_width": int(lr.shape[1]),
-                "lr_height": int(lr.shape[0]),
-            }
-            for method in methods:
-                entry[method] = _sr_method_metrics(hr, outputs[method], scale)
-            per_image.append(entry)
-            if on_image is not None:
-                on_image(name, [*(outputs[m] for m in methods), hr])
-            bar.update()
+    for name, rgb in _readable_images(paths, root=root, max_images=max_images,
+                                       per_image=per_image, skipped=skipped,
+                                       progress=progress):
+        hr = mod_crop(rgb, scale)
+        if min(hr.shape[:2]) <= 2 * scale:
+            skipped.append({"path": name, "reason": (
+                f"too small for x{scale}: {rgb.shape[1]}x{rgb.shape[0]} px, the "
+                f"{scale} px border crop needs more than {2 * scale} px a side")})
+            continue
+        lr = degrade(hr, scale)
+        outputs = {BICUBIC: bicubic_baseline(lr, scale)}
+        for model_name, upscaler in upscalers.items():
+            output = np.asarray(upscaler.upscale(lr))
+            if output.shape != hr.shape or output.dtype != np.uint8:
+                raise ValueError(
+                    f"model {model_name!r} returned {output.dtype} {output.shape} for "
+                    f"{name}: expected uint8 {hr.shape} (x{scale} of {lr.shape})")
+            outputs[model_name] = output
+        entry = {
+            "name": name,
+            "width": int(hr.shape[1]),
+            "height": int(hr.shape[0]),
+            "lr_width": int(lr.shape[1]),
+            "lr_height": int(lr.shape[0]),
+        }
+        for method in methods:
+            entry[method] = _sr_method_metrics(hr, outputs[method], scale)
+        per_image.append(entry)
+        if on_image is not None:
+            on_image(name, [*(outputs[m] for m in methods), hr])
     mean = {m: {k: _mean(e[m][k] for e in per_image) for k in _SR_METRICS} for m in methods}
     return {
         "task": "sr",
