@@ -3,6 +3,13 @@ r"""Builds sharded TFRecords from a folder of images.
   python data_prep/build_records.py --input_dir=PHOTOS --output_dir=RECORDS \
       [--embedder=inception_resnet_v2 --embedder_weights=imagenet|none|PATH] [--resume]
 
+Distributed over N machines sharing --output_dir (a shared folder or a gs:// bucket), then
+merged into one manifest.json (see koala/data/build.py):
+
+  python data_prep/build_records.py --input_dir=PHOTOS --output_dir=RECORDS \
+      --num_workers=N --worker_index=i ...          # on machine i = 0 .. N-1
+  python data_prep/build_records.py --merge --output_dir=RECORDS [--num_workers=N]
+
 Also runnable as ``python -m koala.build_records``. With neither --input_dir nor
 --output_dir it builds the built-in sample photos (data/samples/) into
 data/records/samples/. Each image becomes one example with the field groups chosen by
@@ -63,6 +70,14 @@ flags.DEFINE_float("max_skipped_fraction", 0.5,
                    "Exit non-zero if more than this share of the images is skipped.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_integer("num_workers", 1, "Machines sharing the build: each builds the images "
+                     "whose path hash falls in its part, then --merge joins the parts. "
+                     "1: a single build.", lower_bound=1)
+flags.DEFINE_integer("worker_index", 0, "This machine's part, 0 .. --num_workers - 1.",
+                     lower_bound=0)
+flags.DEFINE_bool("merge", False, "Write --output_dir/manifest.json over the finished parts "
+                  "of a distributed build (reads only --output_dir, --num_workers and "
+                  "--max_skipped_fraction).")
 
 flags.register_multi_flags_validator(
     ["resume", "overwrite"], lambda f: not (f["resume"] and f["overwrite"]),
@@ -70,16 +85,25 @@ flags.register_multi_flags_validator(
 flags.register_multi_flags_validator(
     ["input_dir", "output_dir"], lambda f: f["input_dir"] is None or f["output_dir"] is not None,
     "--output_dir is required with --input_dir")
+flags.register_multi_flags_validator(
+    ["num_workers", "worker_index"], lambda f: f["worker_index"] < f["num_workers"],
+    "--worker_index must be in [0, --num_workers)")
+flags.register_multi_flags_validator(
+    ["merge", "output_dir"], lambda f: not f["merge"] or f["output_dir"] is not None,
+    "--output_dir is required with --merge")
 
 _CONFIG_FLAGS = ("image_size", "fit", "max_side", "embedder", "embedder_weights",
                  "val_fraction", "examples_per_shard", "compression", "rgb_codec",
                  "jpeg_quality", "max_pixels", "batch_size", "num_threads", "resume",
-                 "overwrite", "max_skipped_fraction", "progress")
+                 "overwrite", "max_skipped_fraction", "progress", "num_workers", "worker_index")
+_MERGE_FLAGS = ("output_dir", "num_workers", "max_skipped_fraction", "progress", "merge")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.merge:
+        return merge()
     input_dir = FLAGS.input_dir or str(SAMPLES)
     output_dir = FLAGS.output_dir or str(SAMPLE_RECORDS)
     config = build_lib.BuildConfig(
@@ -97,7 +121,8 @@ def main(argv):
         return 2
     m = result.manifest
     per = m["bytes_per_example"]
-    print(f"records: {output_dir}  train={m['counts']['train']} val={m['counts']['val']} "
+    part = f" part {config.part}" if config.part else ""
+    print(f"records: {output_dir}{part}  train={m['counts']['train']} val={m['counts']['val']} "
           f"skipped={len(m['skipped'])} in {m['elapsed_s']:.1f}s "
           f"({sum(m['counts'].values()) / max(m['elapsed_s'], 1e-9):.2f} img/s)")
     for item in m["skipped"]:
@@ -108,7 +133,46 @@ def main(argv):
               f"embedding {per.get('embedding', 0) / 1000:.1f} KB)")
     if "rgb" in per:
         print(f"bytes/example: rgb {per['rgb'] / 1000:.1f} KB")
-    print(f"manifest: {os.path.join(output_dir, build_lib.MANIFEST)}")
+    if config.part:
+        print(f"part manifest: {os.path.join(output_dir, f'manifest-{config.part}.json')}")
+        print(f"once all {config.num_workers} parts are finished: --merge "
+              f"--output_dir={output_dir} --num_workers={config.num_workers}")
+    else:
+        print(f"manifest: {os.path.join(output_dir, build_lib.MANIFEST)}")
+    if not result.ok:
+        print(f"error: {result.message}", file=sys.stderr)
+        return 1
+    logging.info(result.message)
+    return 0
+
+
+def merge():
+    """--merge: one manifest.json over the parts of a distributed build."""
+    extra = [f"--{name}" for name in ("input_dir", "groups", *_CONFIG_FLAGS)
+             if FLAGS[name].present and name not in _MERGE_FLAGS]
+    if extra:
+        print(f"error: --merge reads the parts' settings from their manifests: drop "
+              f"{', '.join(extra)}", file=sys.stderr)
+        return 2
+    num_workers = FLAGS.num_workers if FLAGS["num_workers"].present else None
+    recorded = {name: FLAGS[name].value for name in _MERGE_FLAGS}
+    try:
+        result = build_lib.merge(FLAGS.output_dir, num_workers=num_workers,
+                                 max_skipped_fraction=FLAGS.max_skipped_fraction,
+                                 flags=recorded)
+    except KoalaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = result.manifest
+    if "parts" not in m:
+        print(result.message)
+        return 0
+    print(f"records: {FLAGS.output_dir}  train={m['counts']['train']} "
+          f"val={m['counts']['val']} skipped={len(m['skipped'])} "
+          f"from {m['num_workers']} parts")
+    for item in m["skipped"]:
+        print(f"  skipped {item['path']}: {item['reason']}")
+    print(f"manifest: {os.path.join(FLAGS.output_dir, build_lib.MANIFEST)}")
     if not result.ok:
         print(f"error: {result.message}", file=sys.stderr)
         return 1
