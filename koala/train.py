@@ -42,7 +42,11 @@ flags.DEFINE_enum("mixed_precision", "auto", training.PRECISIONS,
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).")
 flags.DEFINE_enum("distribute", "none", training.DISTRIBUTE,
-                  "none, or mirrored: tf.distribute.MirroredStrategy over local devices.")
+                  "none; mirrored: tf.distribute.MirroredStrategy over this machine's devices; "
+                  "multi_worker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG "
+                  "(needs --steps_per_epoch and a workdir shared by all workers).")
+flags.DEFINE_float("collective_timeout", 120.0, "multi_worker: seconds a collective may wait "
+                   "for a peer before the worker fails instead of hanging.", lower_bound=1.0)
 flags.DEFINE_integer("shuffle_buffer", 1024, "Records in the shuffle buffer.", lower_bound=1)
 flags.DEFINE_integer("crop_size", None, "Random training crops of this side (a multiple of "
                      "8); the model is built at this size. Default: the records' size.",
@@ -76,6 +80,7 @@ flags.register_validator("crop_size", lambda v: v is None or v % 8 == 0,
 _CONFIG_FLAGS = ("model", "workdir", "train_records", "val_records", "epochs",
                  "steps_per_epoch", "validation_steps", "batch_size", "learning_rate",
                  "lr_decay", "mixed_precision", "jit_compile", "seed", "distribute",
+                 "collective_timeout",
                  "shuffle_buffer", "crop_size", "batch_norm", "filters_scale",
                  "image_grid_count", "verify_records", "optimizer", "momentum",
                  "last_layer_lr_scale", "patch_size", "stride", "patches_per_image",

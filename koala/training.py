@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 import koala
-from koala import color, grid
+from koala import color, distributed, grid
 from koala import optimizers as optimizers_lib
 from koala.data import pipelines, records
 from koala.errors import KoalaError
@@ -49,7 +49,7 @@ from koala.models import fusion, sr
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-DISTRIBUTE = ("none", "mirrored")
+DISTRIBUTE = ("none", "mirrored", "multi_worker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,7 @@ class TrainConfig:
     jit_compile: bool = False
     seed: int = 0
     distribute: str = "none"
+    collective_timeout: float = 120.0
     shuffle_buffer: int = 1024
     crop_size: int | None = None
     batch_norm: bool = True
@@ -101,6 +102,10 @@ class TrainConfig:
             (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
             (self.mixed_precision in PRECISIONS, f"mixed_precision must be one of {PRECISIONS}"),
             (self.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
+            (self.distribute != "multi_worker" or self.steps_per_epoch is not None,
+             "distribute=multi_worker needs steps_per_epoch (every worker must run the same "
+             "number of steps)"),
+            (self.collective_timeout > 0, "collective_timeout must be > 0"),
             (self.crop_size is None or self.crop_size % 8 == 0,
              "crop_size must be a multiple of 8"),
             (self.optimizer in optimizers_lib.OPTIMIZERS,
@@ -182,32 +187,41 @@ def distributed_val_batch(batch_size: int, examples: int | None, replicas: int) 
     return max(replicas, examples // replicas * replicas)
 
 
+def _val_batch(cfg: TrainConfig, val_source, val_split, replicas: int) -> int | None:
+    """The validation batch size, or None to skip validation (no source, or too few examples
+    to give every replica one under a distribution strategy)."""
+    if val_source is None:
+        return None
+    if cfg.distribute == "none":
+        return cfg.batch_size
+    examples = records.resolve(val_source, val_split).num_records
+    if examples is not None and examples < replicas:
+        log.warning("validation skipped: %d example(s) cannot fill one batch over %d "
+                    "replicas", examples, replicas)
+        return None
+    batch = distributed_val_batch(cfg.batch_size, examples, replicas)
+    if examples is not None and examples % batch:
+        log.warning("validation under %s: %d of %d examples dropped so that every "
+                    "batch splits over %d replicas", cfg.distribute, examples % batch,
+                    examples, replicas)
+    return batch
+
+
 def _colorize_datasets(cfg: TrainConfig, model, train_source, val_source, val_split,
                        replicas=1):
     del model
     kw = dict(crop_size=cfg.crop_size, verify=cfg.verify_records)
     repeat = cfg.steps_per_epoch is not None
-    distributed = cfg.distribute != "none"
+    split_batches = cfg.distribute != "none"
     train = pipelines.colorization_dataset(
         train_source, split="train", training=True, shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed, repeat=repeat, drop_remainder=distributed, batch_size=cfg.batch_size,
+        seed=cfg.seed, repeat=repeat, drop_remainder=split_batches, batch_size=cfg.batch_size,
         **kw)
     val = None
-    if val_source is not None:
-        batch = cfg.batch_size
-        if distributed:
-            examples = records.resolve(val_source, val_split).num_records
-            if examples is not None and examples < replicas:
-                log.warning("validation skipped: %d example(s) cannot fill one batch over %d "
-                            "replicas", examples, replicas)
-                return train, None
-            batch = distributed_val_batch(cfg.batch_size, examples, replicas)
-            if examples is not None and examples % batch:
-                log.warning("validation under %s: %d of %d examples dropped so that every "
-                            "batch splits over %d replicas", cfg.distribute, examples % batch,
-                            examples, replicas)
+    batch = _val_batch(cfg, val_source, val_split, replicas)
+    if batch is not None:
         val = pipelines.colorization_dataset(val_source, split=val_split, training=False,
-                                             batch_size=batch, drop_remainder=distributed, **kw)
+                                             batch_size=batch, drop_remainder=split_batches, **kw)
     return train, val
 
 
@@ -258,17 +272,18 @@ def _sr_datasets(cfg: TrainConfig, model, train_source, val_source, val_split, r
     def crop(lr, hr):
         return (lr, hr[:, b:-b, b:-b, :]) if b else (lr, hr)
 
-    distributed = cfg.distribute != "none"
+    split_batches = cfg.distribute != "none"
     train = pipelines.sr_dataset(
         train_source, split="train", training=True, batch_size=cfg.batch_size,
         patches_per_image=cfg.patches_per_image, stride=cfg.stride,
-        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, drop_remainder=distributed,
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, drop_remainder=split_batches,
         repeat=cfg.steps_per_epoch is not None, **kw).map(crop)
     val = None
-    if val_source is not None:
+    batch = _val_batch(cfg, val_source, val_split, replicas)
+    if batch is not None:  # one centre patch per image (no --stride), or a grid of them
         val = pipelines.sr_dataset(val_source, split=val_split, training=False,
-                                   batch_size=max(replicas, cfg.batch_size),
-                                   drop_remainder=distributed, **kw).map(crop)
+                                   batch_size=batch if cfg.stride is None else cfg.batch_size,
+                                   drop_remainder=split_batches, **kw).map(crop)
     return train, val
 
 
@@ -402,9 +417,11 @@ def resolve_precision(name: str) -> str:
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
 
 
-def _strategy(name: str):
-    if name == "mirrored":
+def _strategy(cfg: TrainConfig):
+    if cfg.distribute == "mirrored":
         return tf.distribute.MirroredStrategy()
+    if cfg.distribute == "multi_worker":
+        return distributed.strategy(cfg.collective_timeout)
     return tf.distribute.get_strategy()
 
 
@@ -416,7 +433,8 @@ def _check_workdir(cfg: TrainConfig) -> None:
     with open(path) as f:
         previous = json.load(f).get("config", {})
     current = _jsonable(cfg)
-    changed = sorted(k for k in current if k not in ("epochs", "verify_records")
+    free = ("epochs", "verify_records", "collective_timeout")  # don't change the result
+    changed = sorted(k for k in current if k not in free
                      and previous.get(k) != current[k])
     if changed:
         detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)
@@ -434,15 +452,32 @@ def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()
 
     ``flags_text`` (the effective flags, one per line) is written to WORKDIR/flags.txt.
     ``extra_callbacks`` are appended (tests use them to simulate a kill).
+    With ``distribute="multi_worker"`` this is one worker of the cluster in TF_CONFIG (see
+    koala/distributed.py): only the chief writes into the workdir.
     """
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
+    strategy = _strategy(cfg) if cfg.distribute == "multi_worker" else None
+    chief = strategy is None or distributed.is_chief(strategy)
     os.makedirs(cfg.workdir, exist_ok=True)
     _check_workdir(cfg)
+    workdir = distributed.worker_dir(cfg.workdir, chief) if strategy else cfg.workdir
+    try:
+        return _train(cfg, strategy, workdir, flags_text, extra_callbacks)
+    finally:
+        distributed.remove_worker_dir(workdir, cfg.workdir)
+
+
+def _train(cfg: TrainConfig, strategy, workdir: str, flags_text, extra_callbacks):
     spec = MODELS[cfg.model]
     task = TASKS[spec.task]
     keras.utils.set_random_seed(cfg.seed)
 
     train_recs = records.resolve(cfg.train_records, "train")
-    if cfg.val_records:
+    if cfg.distribute == "multi_worker":
+        if cfg.val_records:
+            log.warning("--val_records ignored: multi_worker runs train without validation")
+        val_source, val_split = None, None
+    elif cfg.val_records:
         val_source, val_split = cfg.val_records, "val"
         if not tf.io.gfile.isdir(cfg.val_records):
             val_split = None
@@ -456,7 +491,7 @@ def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
     try:
-        strategy = _strategy(cfg.distribute)
+        strategy = strategy or _strategy(cfg)
         with strategy.scope():
             model = spec.build(cfg, train_recs)
             multipliers = ({"output": cfg.last_layer_lr_scale}
@@ -464,14 +499,18 @@ def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()
             optimizer = optimizers_lib.build(cfg.optimizer, cfg.learning_rate,
                                              momentum=cfg.momentum, lr_multipliers=multipliers)
             model.compile(optimizer=optimizer, loss=task["loss"], jit_compile=cfg.jit_compile)
-        train_ds, val_ds = task["datasets"](cfg, model, cfg.train_records, val_source,
-                                            val_split, strategy.num_replicas_in_sync)
+        if cfg.distribute == "multi_worker":
+            train_ds = _worker_dataset(cfg, task, model, train_recs, strategy)
+            val_ds = None
+        else:
+            train_ds, val_ds = task["datasets"](cfg, model, cfg.train_records, val_source,
+                                                val_split, strategy.num_replicas_in_sync)
         if flags_text is not None:
-            with open(os.path.join(cfg.workdir, "flags.txt.tmp"), "w") as f:
+            with open(os.path.join(workdir, "flags.txt.tmp"), "w") as f:
                 f.write(flags_text)
-            os.replace(os.path.join(cfg.workdir, "flags.txt.tmp"),
-                       os.path.join(cfg.workdir, "flags.txt"))
-        _write_json(os.path.join(cfg.workdir, "run.json"), {
+            os.replace(os.path.join(workdir, "flags.txt.tmp"),
+                       os.path.join(workdir, "flags.txt"))
+        _write_json(os.path.join(workdir, "run.json"), {
             "config": _jsonable(cfg), "precision": precision,
             "train_records": list(train_recs.files),
             "val_records": val_source, "parameters": model.count_params(),
@@ -481,15 +520,15 @@ def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()
             "replicas": strategy.num_replicas_in_sync,
         })
         monitor = "val_loss" if val_ds is not None else "loss"
-        tb_dir = os.path.join(cfg.workdir, "tensorboard")
+        tb_dir = os.path.join(workdir, "tensorboard")
         callbacks = [
-            keras.callbacks.BackupAndRestore(os.path.join(cfg.workdir, "backup"),
+            keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"),
                                              delete_checkpoint=False),
             keras.callbacks.TerminateOnNaN(raise_error=True),
             keras.callbacks.LearningRateScheduler(
                 step_schedule(cfg.learning_rate, cfg.lr_boundaries, cfg.lr_decay)),
-            CSVLog(os.path.join(cfg.workdir, "log.csv")),
-            Checkpoints(cfg.workdir, monitor),
+            CSVLog(os.path.join(workdir, "log.csv")),
+            Checkpoints(workdir, monitor),
             keras.callbacks.TensorBoard(tb_dir, update_freq="epoch", write_graph=False,
                                         profile_batch=0),
         ]
@@ -498,10 +537,35 @@ def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()
             if examples is not None:
                 callbacks.append(task["images"](tb_dir, examples))
         callbacks.extend(extra_callbacks)
+        verbose = 1 if sys.stdout.isatty() else 2  # bar on a terminal only
+        if cfg.distribute == "multi_worker":  # keras#20585: model.fit fails under MWMS
+            return distributed.fit(model, train_ds, strategy=strategy, epochs=cfg.epochs,
+                                   steps_per_epoch=cfg.steps_per_epoch, callbacks=callbacks,
+                                   verbose=verbose)
         return model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
                          steps_per_epoch=cfg.steps_per_epoch,
                          validation_steps=cfg.validation_steps, callbacks=callbacks,
-                         verbose=1 if sys.stdout.isatty() else 2,  # bar on a terminal only
-                         shuffle=False)  # the pipeline shuffles
+                         verbose=verbose, shuffle=False)  # the pipeline shuffles
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _worker_dataset(cfg: TrainConfig, task: dict, model, train_recs, strategy):
+    """This worker's share of the training data: its record files (split by file), batched
+    per replica, as a distributed dataset."""
+    index, count = distributed.worker_index(strategy)
+    files = distributed.shard_files(train_recs.files, index, count)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise KoalaError(f"--batch_size={cfg.batch_size} must split evenly over the "
+                         f"{replicas} replicas of the cluster")
+    log.info("worker %d of %d reads %d of %d shard(s)", index, count, len(files),
+             len(train_recs.files))
+
+    def dataset_fn(context: tf.distribute.InputContext):
+        local = dataclasses.replace(
+            cfg, batch_size=context.get_per_replica_batch_size(cfg.batch_size))
+        train_ds, _ = task["datasets"](local, model, files, None, None, 1)
+        return train_ds
+
+    return strategy.distribute_datasets_from_function(dataset_fn)

@@ -71,7 +71,14 @@ def decode_color_example(parsed: dict, *, embedding_dim: int | None = None) -> d
     }
 
 
-def augment_color(example: dict, *, crop_size: int | None, training: bool) -> dict:
+def _op_seed(seed: int | None, k: int) -> int | None:
+    """The k-th random op's seed. Explicit op seeds keep augmentation reproducible, also when
+    a distribution strategy clones the pipeline (a clone re-draws unseeded ops' seeds)."""
+    return None if seed is None else seed + k
+
+
+def augment_color(example: dict, *, crop_size: int | None, training: bool,
+                  seed: int | None = None) -> dict:
     """Random (training) or centre crop to ``crop_size``, and a random left-right flip.
 
     L and ab get the same crop and flip; the embedding (of the whole image) is kept.
@@ -79,11 +86,12 @@ def augment_color(example: dict, *, crop_size: int | None, training: bool) -> di
     stack = tf.concat([example["l"], example["ab"]], axis=-1)  # (S, S, 3)
     if crop_size:
         if training:
-            stack = tf.image.random_crop(stack, [crop_size, crop_size, 3])
+            stack = tf.image.random_crop(stack, [crop_size, crop_size, 3],
+                                         seed=_op_seed(seed, 1))
         else:
             stack = tf.image.resize_with_crop_or_pad(stack, crop_size, crop_size)
     if training:
-        stack = tf.image.random_flip_left_right(stack)
+        stack = tf.image.random_flip_left_right(stack, seed=_op_seed(seed, 2))
     return {"l": stack[..., :1], "ab": stack[..., 1:], "embedding": example["embedding"]}
 
 
@@ -98,7 +106,7 @@ def colorization_dataset(source, *, split="train", batch_size=32, training=True,
 
     def to_example(parsed):
         ex = augment_color(decode_color_example(parsed, embedding_dim=dim),
-                           crop_size=crop_size, training=training)
+                           crop_size=crop_size, training=training, seed=seed)
         l = tf.ensure_shape(ex["l"], [size, size, 1])
         ab = tf.ensure_shape(ex["ab"], [size, size, 2])
         return {"l": l, "embedding": ex["embedding"]}, ab
@@ -135,12 +143,13 @@ def ensure_min_side(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cond(short < size, grow, lambda: image)
 
 
-def random_patches(image: tf.Tensor, patch_size: int, count: int) -> tf.Tensor:
+def random_patches(image: tf.Tensor, patch_size: int, count: int,
+                   seed: int | None = None) -> tf.Tensor:
     """``count`` random (patch_size, patch_size, C) crops of one image -> (count, P, P, C)."""
     image = ensure_min_side(image, patch_size)
     channels = image.shape[-1] or 3
-    return tf.stack([tf.image.random_crop(image, [patch_size, patch_size, channels])
-                     for _ in range(count)])
+    return tf.stack([tf.image.random_crop(image, [patch_size, patch_size, channels],
+                                          seed=_op_seed(seed, 10 + k)) for k in range(count)])
 
 
 def grid_patches(image: tf.Tensor, patch_size: int, stride: int) -> tf.Tensor:
@@ -176,18 +185,18 @@ def to_y(rgb: tf.Tensor) -> tf.Tensor:
     return color.rgb_to_ycbcr(rgb)[..., :1] / 255.0
 
 
-def _patch_dataset(ds, *, patch_size, training, patches_per_image, stride):
+def _patch_dataset(ds, *, patch_size, training, patches_per_image, stride, seed=None):
     def patches(parsed):
         image = decode_rgb_example(parsed)
         if stride:
             out = grid_patches(image, patch_size, stride)
         elif training:
-            out = random_patches(image, patch_size, patches_per_image)
+            out = random_patches(image, patch_size, patches_per_image, seed)
         else:
             out = tf.image.resize_with_crop_or_pad(
                 ensure_min_side(image, patch_size), patch_size, patch_size)[None]
         if training:
-            out = tf.image.random_flip_left_right(out)
+            out = tf.image.random_flip_left_right(out, seed=_op_seed(seed, 3))
         return tf.data.Dataset.from_tensor_slices(out)
 
     return ds.flat_map(patches) if not training else ds.interleave(
@@ -209,7 +218,7 @@ def rgb_dataset(source, *, split="train", patch_size=256, batch_size=8, training
     ds, recs = _read(source, split, groups=("rgb",), training=training,
                      shuffle_buffer=shuffle_buffer, seed=seed, verify=verify)
     ds = _patch_dataset(ds, patch_size=patch_size, training=training,
-                        patches_per_image=patches_per_image, stride=stride)
+                        patches_per_image=patches_per_image, stride=stride, seed=seed)
     ds = _eval_cardinality(ds, recs, training, stride)
     if training and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
@@ -240,7 +249,7 @@ def sr_dataset(source, *, scale, split="train", patch_size=33, batch_size=16, tr
                      shuffle_buffer=max(1, shuffle_buffer // max(1, patches_per_image)),
                      seed=seed, verify=verify)
     ds = _patch_dataset(ds, patch_size=patch, training=training,
-                        patches_per_image=patches_per_image, stride=stride)
+                        patches_per_image=patches_per_image, stride=stride, seed=seed)
     ds = _eval_cardinality(ds, recs, training, stride)
     if training and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=seed)

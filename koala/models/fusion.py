@@ -182,6 +182,15 @@ class FusionLayer(keras.layers.Layer):
         return super().get_config()
 
 
+def _batch_norm(name: str) -> keras.layers.BatchNormalization:
+    """BatchNorm whose batch statistics are all-reduced over the replicas of a distribution
+    strategy (TensorFlow backend): each replica normalises with the global batch's statistics
+    and the moving averages stay identical on every worker, so distributed training matches
+    single-device training on the same global batch. Without a strategy it is plain BN."""
+    return keras.layers.BatchNormalization(
+        name=name, synchronized=keras.backend.backend() == "tensorflow")
+
+
 def _conv(filters: int, kernel: int, name: str, strides: int = 1, activation="relu"):
     return keras.layers.Conv2D(
         filters, kernel, strides=strides, padding="same", activation=activation, name=name
@@ -201,7 +210,7 @@ def _fusion_graph(config: FusionConfig):
         x = _conv(config.filters(filters), 3, f"enc_conv{i}", strides=stride)(x)
         if config.batch_norm and stride == 2:
             n_bn += 1
-            x = keras.layers.BatchNormalization(name=f"enc_bn{n_bn}")(x)
+            x = _batch_norm(f"enc_bn{n_bn}")(x)
 
     # Fusion: (B, h, w, C) + (B, D) -> (B, h, w, C + D) -> 1x1 conv -> (B, h, w, F).
     x = FusionLayer(name="fusion")([x, embedding])
@@ -214,7 +223,7 @@ def _fusion_graph(config: FusionConfig):
             n_up += 1
             x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"dec_up{n_up}")(x)
             if config.batch_norm:
-                x = keras.layers.BatchNormalization(name=f"dec_bn{n_up}")(x)
+                x = _batch_norm(f"dec_bn{n_up}")(x)
         else:
             n_conv += 1
             x = _conv(config.filters(item), 3, f"dec_conv{n_conv}")(x)
