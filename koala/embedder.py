@@ -70,25 +70,20 @@ def describe_weights(weights: str) -> dict:
             "sha256": digest}
 
 
-def build_classifier(name: str, weights: str) -> keras.Model:
-    """The Keras ImageNet classifier behind an embedder, frozen. See the module docstring."""
-    if name not in EMBEDDERS:
-        raise ValueError(f"unknown embedder {name!r}; choose from {sorted(EMBEDDERS)}")
-    spec = EMBEDDERS[name]
-    ctor = getattr(keras.applications, spec.constructor)
-    size = spec.input_size
-    kwargs = dict(spec.kwargs, input_shape=(size, size, 3), include_top=True)
-    alternatives = (
-        f"Alternatives: pass a local Keras weights file for {spec.constructor} with its top "
-        f"(--embedder_weights=PATH), place Keras' cached file in $KERAS_HOME/models "
-        f"(default ~/.keras/models), or use --embedder_weights=none for random weights "
-        f"(recorded as such; the embedding then carries no semantics)."
-    )
+def load_application(constructor: str, weights: str, alternatives: str, *,
+                     what: str = "embedder", **kwargs) -> keras.Model:
+    """``keras.applications.<constructor>(**kwargs)`` with koala's weights choices, frozen.
+
+    ``weights`` is ``"imagenet"``, ``"none"`` (random, drawn from ``NONE_WEIGHTS_SEED``) or a
+    local Keras weights file matching ``kwargs`` (Keras builds the net with ``weights=None``
+    and calls ``load_weights``). Shared by the embedders and by :mod:`koala.perceptual`.
+
+    Raises:
+      WeightsError: the weights can't be had (offline, missing or mismatched file); the
+        message names ``what`` and ends with ``alternatives``. Never falls back to random.
+    """
+    ctor = getattr(keras.applications, constructor)
     if weights == "none":
-        log.warning(
-            "embedder %s uses RANDOM weights (--embedder_weights=none): the embedding carries "
-            "no ImageNet semantics.", name
-        )
         state = random.getstate()
         random.seed(NONE_WEIGHTS_SEED)
         try:
@@ -100,21 +95,44 @@ def build_classifier(name: str, weights: str) -> keras.Model:
             model = ctor(weights="imagenet", **kwargs)
         except Exception as e:  # offline, proxy, corrupt cache: all end the same way
             raise WeightsError(
-                f"could not load the ImageNet weights of {spec.constructor} ({type(e).__name__}: "
+                f"could not load the ImageNet weights of {constructor} ({type(e).__name__}: "
                 f"{e}). koala never falls back to random weights. {alternatives}"
             ) from e
     else:
         if not os.path.isfile(weights):
-            raise WeightsError(f"embedder weights file not found: {weights}. {alternatives}")
+            raise WeightsError(f"{what} weights file not found: {weights}. {alternatives}")
         try:
             model = ctor(weights=weights, **kwargs)
         except Exception as e:
             raise WeightsError(
-                f"could not load embedder weights from {weights} into {spec.constructor} "
+                f"could not load {what} weights from {weights} into {constructor} "
                 f"({type(e).__name__}: {e}). {alternatives}"
             ) from e
     model.trainable = False
     return model
+
+
+def build_classifier(name: str, weights: str) -> keras.Model:
+    """The Keras ImageNet classifier behind an embedder, frozen. See the module docstring."""
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder {name!r}; choose from {sorted(EMBEDDERS)}")
+    spec = EMBEDDERS[name]
+    size = spec.input_size
+    alternatives = (
+        f"Alternatives: pass a local Keras weights file for {spec.constructor} with its top "
+        f"(--embedder_weights=PATH), place Keras' cached file in $KERAS_HOME/models "
+        f"(default ~/.keras/models), or use --embedder_weights=none for random weights "
+        f"(recorded as such; the embedding then carries no semantics)."
+    )
+    if weights == "none":
+        log.warning(
+            "embedder %s uses RANDOM weights (--embedder_weights=none): the embedding carries "
+            "no ImageNet semantics.", name
+        )
+    return load_application(
+        spec.constructor, weights, alternatives, what="embedder",
+        **dict(spec.kwargs), input_shape=(size, size, 3), include_top=True,
+    )
 
 
 class Embedder:

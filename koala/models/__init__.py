@@ -13,6 +13,7 @@ import keras
 
 from koala.errors import KoalaError
 from koala.models import (
+    codec,  # noqa: F401  (registers InvertibleGrayscale)
     fusion,  # noqa: F401  (registers FusionLayer, FusionColorizer)
     sr,  # noqa: F401  (registers SRCNN, FSRCNN, SRAutoencoder)
 )
