@@ -70,6 +70,29 @@ flags.DEFINE_integer("patches_per_image", 16, "SR: random patches per image and 
                      lower_bound=1)
 flags.DEFINE_enum("sr_channels", "y", ["y", "rgb"], "SR: the Y channel (papers) or RGB.")
 
+flags.DEFINE_enum("lr_schedule", "step", training.LR_SCHEDULES, "step: x --lr_decay at "
+                  "--lr_boundaries (SPEC §1); polynomial: from --learning_rate to --lr_end "
+                  "over --epochs with --lr_power (SPEC §2).")
+flags.DEFINE_float("lr_end", 2e-6, "Polynomial schedule: final learning rate (SPEC §2: 2e-6).",
+                   lower_bound=0.0)
+flags.DEFINE_float("lr_power", 0.9, "Polynomial schedule: power (SPEC §2: 0.9).",
+                   lower_bound=0.0)
+flags.DEFINE_integer("stage2_epoch", 90, "Codec: first epoch of stage 2 (quantization loss on, "
+                     "fresh optimizer state); SPEC §2: 90 of 120.", lower_bound=0)
+flags.DEFINE_enum("loss_preset", "paper", ["paper", "authors"], "Codec: the paper's loss "
+                  "weights or the authors' code's (koala/models/codec.py).")
+flags.DEFINE_enum("perceptual_net", "vgg19", ["vgg19", "mobilenet"], "Codec: the contrast "
+                  "term's network (SPEC §2: VGG19; MobileNet works offline with "
+                  "../shared/weights).")
+flags.DEFINE_string("perceptual_weights", "imagenet", "Codec: imagenet (downloads), none "
+                    "(random, smoke runs only) or a weights file.")
+flags.DEFINE_integer("perceptual_size", 224, "Codec: both images are resized to this square "
+                     "for the perceptual network (authors' code: 224); 0 = no resize.",
+                     lower_bound=0)
+flags.DEFINE_float("contrast_weight", None, "Codec: the contrast weight (default: the "
+                   "preset's 1e-7); 0 drops the term and the perceptual network.",
+                   lower_bound=0.0)
+
 flags.register_validator(
     "lr_boundaries", lambda v: all(s.isdigit() and int(s) > 0 for s in v)
     and [int(s) for s in v] == sorted({int(s) for s in v}),
@@ -84,7 +107,9 @@ _CONFIG_FLAGS = ("model", "workdir", "train_records", "val_records", "epochs",
                  "shuffle_buffer", "crop_size", "batch_norm", "filters_scale",
                  "image_grid_count", "verify_records", "optimizer", "momentum",
                  "last_layer_lr_scale", "patch_size", "stride", "patches_per_image",
-                 "sr_channels")
+                 "sr_channels", "lr_schedule", "lr_end", "lr_power", "stage2_epoch",
+                 "loss_preset", "perceptual_net", "perceptual_weights", "perceptual_size",
+                 "contrast_weight")
 
 
 def effective_flags() -> str:

@@ -44,11 +44,12 @@ from koala import color, distributed, grid
 from koala import optimizers as optimizers_lib
 from koala.data import pipelines, records
 from koala.errors import KoalaError
-from koala.models import fusion, sr
+from koala.models import codec, fusion, sr
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+LR_SCHEDULES = ("step", "polynomial")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
 
 
@@ -67,6 +68,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_boundaries: tuple = (100, 150, 200, 300)
     lr_decay: float = 0.1
+    lr_schedule: str = "step"
+    lr_end: float = 2e-6
+    lr_power: float = 0.9
     mixed_precision: str = "auto"
     jit_compile: bool = False
     seed: int = 0
@@ -86,6 +90,12 @@ class TrainConfig:
     stride: int | None = None
     patches_per_image: int = 16
     sr_channels: str = "y"
+    stage2_epoch: int = 90
+    loss_preset: str = "paper"
+    perceptual_net: str = "vgg19"
+    perceptual_weights: str = "imagenet"
+    perceptual_size: int = 224
+    contrast_weight: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "lr_boundaries", tuple(int(b) for b in self.lr_boundaries))
@@ -100,6 +110,17 @@ class TrainConfig:
              and all(b > 0 for b in self.lr_boundaries),
              "lr_boundaries must be increasing positive epochs"),
             (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (0 <= self.lr_end <= self.learning_rate, "lr_end must be in [0, learning_rate]"),
+            (self.lr_power > 0, "lr_power must be > 0"),
+            (self.stage2_epoch >= 0, "stage2_epoch must be >= 0"),
+            (self.loss_preset in codec.PRESETS,
+             f"loss_preset must be one of {sorted(codec.PRESETS)}"),
+            (self.perceptual_net in codec.PERCEPTUAL_NETS,
+             f"perceptual_net must be one of {codec.PERCEPTUAL_NETS}"),
+            (self.perceptual_size >= 0, "perceptual_size must be >= 0"),
+            (self.contrast_weight is None or self.contrast_weight >= 0,
+             "contrast_weight must be >= 0"),
             (self.mixed_precision in PRECISIONS, f"mixed_precision must be one of {PRECISIONS}"),
             (self.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
             (self.distribute != "multi_worker" or self.steps_per_epoch is not None,
@@ -158,6 +179,19 @@ def _sr(constructor):
     return ModelSpec(build_model, "sr")
 
 
+def _codec(constructor):
+    """A codec with the loss settings from the flags."""
+
+    def build_model(cfg: TrainConfig, recs):
+        del recs
+        return constructor(loss_preset=cfg.loss_preset, perceptual_net=cfg.perceptual_net,
+                           perceptual_weights=cfg.perceptual_weights,
+                           perceptual_size=cfg.perceptual_size,
+                           contrast_weight=cfg.contrast_weight)
+
+    return ModelSpec(build_model, "codec")
+
+
 MODELS = {
     "fusion": ModelSpec(lambda c, r: fusion.fusion(**_fusion_kwargs(c, r)), "colorize"),
     "fusion_small": ModelSpec(lambda c, r: fusion.fusion_small(**_fusion_kwargs(c, r)),
@@ -169,6 +203,8 @@ MODELS = {
     "fsrcnn_small": _sr(sr.fsrcnn_small),
     "sr_autoencoder": _sr(sr.sr_autoencoder),
     "sr_autoencoder_small": _sr(sr.sr_autoencoder_small),
+    "codec": _codec(codec.codec),
+    "codec_small": _codec(codec.codec_small),
 }
 
 
@@ -250,7 +286,11 @@ class ColorizeImages(keras.callbacks.Callback):
 
 
 def _fixed_examples(dataset, count):
-    """The first ``count`` examples of an unshuffled dataset, as one batch."""
+    """The first ``count`` examples of an unshuffled dataset, as one batch (or just the
+    inputs, for a dataset of inputs only)."""
+    if not isinstance(dataset.element_spec, tuple):
+        xs = list(dataset.unbatch().take(count))
+        return tf.stack(xs) if xs else None
     xs, ys = [], []
     for x, y in dataset.unbatch().take(count):
         xs.append(x)
@@ -310,13 +350,87 @@ class SRImages(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def _codec_datasets(cfg: TrainConfig, model, train_source, val_source, val_split, replicas=1):
+    """RGB crops in [0, 1] (SPEC §2: 256 x 256): ``--patches_per_image`` random crops of
+    ``--crop_size`` per image and epoch for training, one centre crop per image for
+    validation."""
+    del model
+    size = cfg.crop_size or 256
+    split_batches = cfg.distribute != "none"
+    train = pipelines.rgb_dataset(
+        train_source, split="train", patch_size=size, batch_size=cfg.batch_size, training=True,
+        patches_per_image=cfg.patches_per_image, shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed, verify=cfg.verify_records, drop_remainder=split_batches,
+        repeat=cfg.steps_per_epoch is not None)
+    val = None
+    batch = _val_batch(cfg, val_source, val_split, replicas)
+    if batch is not None:
+        val = pipelines.rgb_dataset(val_source, split=val_split, patch_size=size,
+                                    batch_size=batch, training=False,
+                                    verify=cfg.verify_records, drop_remainder=split_batches)
+    return train, val
+
+
+class CodecImages(keras.callbacks.Callback):
+    """Writes [input | grayscale | restored] of fixed validation crops to TensorBoard; the
+    grayscale is rounded to 8 bits before decoding, as a saved PNG would be."""
+
+    def __init__(self, log_dir: str, examples):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "images"))
+        self.x = examples
+
+    def on_epoch_end(self, epoch, logs=None):
+        gray = tf.round(self.model.encoder(self.x, training=False) * 255.0) / 255.0
+        restored = self.model.decoder(gray, training=False)
+
+        def to_uint8(t):
+            t = tf.image.grayscale_to_rgb(t) if t.shape[-1] == 1 else t
+            return np.round(np.clip(t.numpy(), 0, 1) * 255).astype(np.uint8)
+
+        rows = zip(to_uint8(self.x), to_uint8(gray), to_uint8(restored), strict=True)
+        image = grid.make_grid(list(rows), height=128)
+        with self.writer.as_default():
+            tf.summary.image("input | grayscale | restored", image[None], step=epoch)
+        self.writer.flush()
+
+
+def _codec_prepare(cfg: TrainConfig, model) -> None:
+    """Attaches the perceptual network for the contrast term (inside the strategy scope)."""
+    del cfg
+    if model.config.needs_perceptual:
+        model.set_perceptual(model.make_perceptual())
+
+
 TASKS = {
     "colorize": {"datasets": _colorize_datasets, "loss": "mse", "images": ColorizeImages},
     "sr": {"datasets": _sr_datasets, "loss": "mse", "images": SRImages},
+    # The codec's train_step computes its own loss terms (koala/models/codec.py).
+    "codec": {"datasets": _codec_datasets, "loss": None, "images": CodecImages,
+              "prepare": _codec_prepare,
+              "callbacks": lambda cfg: [codec.CodecStages(cfg.stage2_epoch)]},
 }
 
 
 # --- callbacks ---------------------------------------------------------------------------------
+
+
+def polynomial_schedule(base_lr: float, end_lr: float, epochs: int,
+                        power: float) -> Callable[[int], float]:
+    """lr(epoch) = (base_lr - end_lr) * (1 - epoch / epochs) ** power + end_lr (SPEC §2: 2e-4
+    to 2e-6 over the 120 epochs, power 0.9; the authors' code decays per step, this per
+    epoch)."""
+
+    def lr(epoch, current_lr=None):
+        return float((base_lr - end_lr) * (1 - min(epoch, epochs) / epochs) ** power + end_lr)
+
+    return lr
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    if cfg.lr_schedule == "polynomial":
+        return polynomial_schedule(cfg.learning_rate, cfg.lr_end, cfg.epochs, cfg.lr_power)
+    return step_schedule(cfg.learning_rate, cfg.lr_boundaries, cfg.lr_decay)
 
 
 def step_schedule(base_lr: float, boundaries, decay: float) -> Callable[[int], float]:
@@ -498,6 +612,8 @@ def _train(cfg: TrainConfig, strategy, workdir: str, flags_text, extra_callbacks
                            if cfg.last_layer_lr_scale != 1.0 else None)
             optimizer = optimizers_lib.build(cfg.optimizer, cfg.learning_rate,
                                              momentum=cfg.momentum, lr_multipliers=multipliers)
+            if "prepare" in task:
+                task["prepare"](cfg, model)
             model.compile(optimizer=optimizer, loss=task["loss"], jit_compile=cfg.jit_compile)
         if cfg.distribute == "multi_worker":
             train_ds = _worker_dataset(cfg, task, model, train_recs, strategy)
@@ -525,13 +641,14 @@ def _train(cfg: TrainConfig, strategy, workdir: str, flags_text, extra_callbacks
             keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"),
                                              delete_checkpoint=False),
             keras.callbacks.TerminateOnNaN(raise_error=True),
-            keras.callbacks.LearningRateScheduler(
-                step_schedule(cfg.learning_rate, cfg.lr_boundaries, cfg.lr_decay)),
+            keras.callbacks.LearningRateScheduler(learning_rate_schedule(cfg)),
             CSVLog(os.path.join(workdir, "log.csv")),
             Checkpoints(workdir, monitor),
             keras.callbacks.TensorBoard(tb_dir, update_freq="epoch", write_graph=False,
                                         profile_batch=0),
         ]
+        if "callbacks" in task:
+            callbacks.extend(task["callbacks"](cfg))
         if val_ds is not None and cfg.image_grid_count > 0:
             examples = _fixed_examples(val_ds, cfg.image_grid_count)
             if examples is not None:
