@@ -13,7 +13,7 @@ from koala import training
 from koala.models.codec import InvertibleGrayscale
 
 
-def codec_smoke(records, workdir, **kw):
+def codec_smoke(records, workdir, **kw):  # noqa: F811
     base = dict(model="codec_small", epochs=3, stage2_epoch=2, crop_size=32,
                 patches_per_image=2, contrast_weight=0.0, lr_schedule="polynomial",
                 learning_rate=2e-4, lr_end=2e-6)
@@ -36,7 +36,7 @@ def test_polynomial_schedule():
         training.TrainConfig(workdir="w", train_records="r", learning_rate=1e-4, lr_end=1e-3)
 
 
-def test_two_stages_log_every_term_and_switch(records, tmp_path):
+def test_two_stages_log_every_term_and_switch(records, tmp_path):  # noqa: F811
     history = training.train(codec_smoke(records, tmp_path / "run"))
     rows = read_log(tmp_path / "run")
     assert [int(float(r["stage"])) for r in rows] == [1, 1, 2]
@@ -55,7 +55,7 @@ def test_two_stages_log_every_term_and_switch(records, tmp_path):
     assert out["gray"].shape == (1, 32, 32, 1) and out["restored"].shape == (1, 32, 32, 3)
 
 
-def test_resume_that_lands_in_stage_2(records, tmp_path):
+def test_resume_that_lands_in_stage_2(records, tmp_path):  # noqa: F811
     cfg = codec_smoke(records, tmp_path / "run", epochs=4)
     with pytest.raises(KeyboardInterrupt):  # killed during epoch 3 (stage 2 began at 2)
         training.train(cfg, extra_callbacks=[KillAt(epoch=3, batch=0)])
@@ -68,7 +68,7 @@ def test_resume_that_lands_in_stage_2(records, tmp_path):
     assert int(history.model.optimizer.iterations.numpy()) == 4
 
 
-def test_cli_smoke_codec_flagfile_under_two_minutes(records, tmp_path):
+def test_cli_smoke_codec_flagfile_under_two_minutes(records, tmp_path):  # noqa: F811
     start = time.monotonic()
     proc = _cli("--flagfile=experiments/smoke_codec.flags", f"--train_records={records}",
                 f"--workdir={tmp_path / 'run'}")
