@@ -155,7 +155,8 @@ def make_example(
         if any(v is None for v in rgb_fields):
             raise ValueError("the rgb group needs rgb, rgb_height and rgb_width together")
         feature.update({RGB: _bytes(rgb), RGB_HEIGHT: _int(rgb_height), RGB_WIDTH: _int(rgb_width)})
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)  # map order fixed: byte-identical shards across processes
 
 
 # --- decoding (reader side, TF ops usable inside tf.data) ------------------------------------
