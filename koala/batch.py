@@ -49,6 +49,21 @@ def output_paths(inputs, output_dir, suffix: str, *, companions=(),
     return pairs
 
 
+def no_images_message(inputs) -> str:
+    """The error for command-line inputs that hold no image file."""
+    return (f"no input images found in {' '.join(map(str, inputs))} "
+            f"(extensions: {' '.join(images.IMAGE_EXTENSIONS)})")
+
+
+def process_and_report(pairs, handle: Callable, *, desc: str, done_verb: str, output_dir,
+                       max_pixels: int, progress: bool = True) -> int:
+    """:func:`process`, then ``<done_verb> N, failed M -> output_dir`` on stdout; returns the
+    tool's exit status: 1 if any image failed, else 0."""
+    done, failed = process(pairs, handle, desc=desc, max_pixels=max_pixels, progress=progress)
+    print(f"{done_verb} {done}, failed {failed} -> {output_dir}")
+    return 1 if failed else 0
+
+
 def process(pairs, handle: Callable, *, desc: str, max_pixels: int,
             progress: bool = True) -> tuple[int, int]:
     """Loads each input and calls ``handle(loaded_image, output_path)``, which writes.

@@ -5,9 +5,11 @@ r"""koala's one evaluation tool: models against their baseline on a folder of im
       [--embedder_weights=W] [--grid_height=160]
   python -m koala.evaluate --task=sr --model=A.keras [--model=B.keras ...] --images=DIR \
       --scale=N [--output_dir=runs/eval/sr] [--max_images=N] [--crop_size=96]
+  python -m koala.evaluate --task=codec --model=CODEC.keras --images=DIR \
+      [--output_dir=runs/eval/codec] [--max_images=N] [--jpeg_quality=95 ...] [--tile=512]
 
 Tasks are looked up by name in :data:`TASKS`, an explicit dict of functions that take a frozen
-config dataclass and return a JSON-ready report dict: ``colorize`` and ``sr``.
+config dataclass and return a JSON-ready report dict: ``colorize``, ``sr`` and ``codec``.
 
 ``--task=colorize`` (SPEC §1, §6) colorizes every image's grayscale version with each
 ``--model`` and compares the result with the original colour image (the truth), next to the
@@ -45,10 +47,24 @@ image; their arithmetic means. Every model's ``scale`` must equal ``--scale``. I
                     pixel repetition (nearest neighbour) to about 192 px so pixels show.
   ``flags.txt``     as for colorize.
 
+``--task=codec`` (SPEC §2, §6) runs one whole Invertible Grayscale model (a ``.keras`` file of
+:class:`koala.models.codec.InvertibleGrayscale`, through :mod:`koala.codec`) on every image.
+The grayscale G is rounded to 8 bits, written as a PNG with PIL and read back (a real round
+trip), then decoded. Per image and on average: colour PSNR and SSIM on RGB of the restored
+image against the input (method ``codec``); next to it the baseline ``luma`` (the input's
+BT.601 luma as a gray image: what a plain grayscale gives, no colour) and ``luma_decoded``
+(that luma fed to the decoder); PSNR, SSIM and mean absolute difference of G against the
+uint8 luma (``gray_vs_luma``; the paper lets G stray up to 70 levels to hide colour); and the
+JPEG robustness: G stored as JPEG at each ``--jpeg_quality`` (95, 90, 75, 50), decoded, colour
+PSNR/SSIM (methods ``jpeg95`` ...). It writes ``metrics.json``, ``metrics.md`` (the mean
+tables, the JPEG table with the PNG result as reference, per-image tables), ``grid.png``
+(one row per image: [input | grayscale | restored]), ``jpeg_psnr.png`` (mean colour PSNR
+against JPEG quality, PNG and luma as reference lines, drawn with PIL) and ``flags.txt``.
+
 Unreadable images are skipped and listed in the report; they never stop the run. Exit status:
 0 on success, 2 for unusable inputs (a missing model file or images folder, a model that doesn't
-load, for sr: a missing ``--scale`` or a model of another scale), 1 when no image could be
-evaluated.
+load, for sr: a missing ``--scale`` or a model of another scale, for codec: more than one
+``--model`` or a model that isn't a whole codec), 1 when no image could be evaluated.
 """
 
 from __future__ import annotations
@@ -64,7 +80,9 @@ from typing import Protocol
 
 import numpy as np
 from absl import app, flags
+from PIL import Image, ImageDraw, ImageFont
 
+from koala import codec as codec_lib
 from koala import geometry, images, metrics
 from koala.colorize import DEFAULT_SATURATION, Colorizer, gray_baseline
 from koala.data import pipelines
@@ -76,18 +94,23 @@ __all__ = [
     "BICUBIC",
     "GRAY",
     "TASKS",
+    "CodecEvalConfig",
     "ColorizeEvalConfig",
     "NoUsableImagesError",
     "SREvalConfig",
     "bicubic_baseline",
+    "codec_markdown",
+    "codec_report",
     "colorize_markdown",
     "colorize_report",
     "define_flags",
     "degrade",
+    "evaluate_codec",
     "evaluate_colorize",
     "evaluate_sr",
     "markdown_mean_table",
     "mod_crop",
+    "jpeg_plot",
     "model_names",
     "run",
     "sr_markdown",
@@ -116,9 +139,9 @@ _TITLES = {
     "delta_e00": "Mean ΔE00 (lower is better)",
 }
 _HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "colorfulness": "M", "delta_e00": "ΔE00",
-            "psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR-RGB"}
+            "psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR-RGB", "mae": "MAE"}
 _DECIMALS = {"psnr": 2, "ssim": 4, "colorfulness": 2, "delta_e00": 2,
-             "psnr_y": 2, "ssim_y": 4, "psnr_rgb": 2}
+             "psnr_y": 2, "ssim_y": 4, "psnr_rgb": 2, "mae": 2}
 
 METRIC_VARIANTS = {
     "psnr": "PSNR = 10 log10(255^2 / MSE) over all RGB pixels and channels (0..255, peak 255); "
@@ -227,15 +250,26 @@ def model_names(paths: Sequence[str | os.PathLike], *,
     return unique
 
 
+def _psnr_ssim(truth: np.ndarray, output: np.ndarray) -> dict:
+    """PSNR (peak 255) and SSIM (data range 255) of a uint8 (H, W, 3) output against the truth,
+    SSIM the mean over channels; for (H, W) images, of the one channel. SSIM is None when a
+    side is under 11 px (its Gaussian window doesn't fit)."""
+    fits = min(truth.shape[:2]) >= _SSIM_MIN_SIDE
+    channel_axis = -1 if truth.ndim == 3 else None
+    return {
+        "psnr": metrics.psnr(truth, output, peak=255.0),
+        "ssim": (metrics.ssim(truth, output, data_range=255.0, channel_axis=channel_axis)
+                 if fits else None),
+    }
+
+
 def _method_metrics(truth: np.ndarray, output: np.ndarray) -> dict:
     """PSNR, SSIM, colourfulness and mean ΔE00 of one uint8 (H, W, 3) output against the truth.
 
     SSIM is None when a side is under 11 px (its Gaussian window doesn't fit).
     """
-    fits = min(truth.shape[:2]) >= _SSIM_MIN_SIDE
     return {
-        "psnr": metrics.psnr(truth, output, peak=255.0),
-        "ssim": metrics.ssim(truth, output, data_range=255.0, channel_axis=-1) if fits else None,
+        **_psnr_ssim(truth, output),
         "colorfulness": metrics.colorfulness(output),
         "delta_e00": metrics.mean_ciede2000(output, truth),
     }
@@ -245,6 +279,41 @@ def _mean(values: Iterable[float | None]) -> float | None:
     """Arithmetic mean of the values that aren't None; None if there are none."""
     present = [v for v in values if v is not None]
     return float(sum(present) / len(present)) if present else None
+
+
+def _shrink_cells(cells: list[np.ndarray], height: int) -> list[np.ndarray]:
+    """A grid row's cells resized to ``height`` (aspect kept), so a grid never holds
+    full-size copies of every image."""
+    return [geometry.resize(c, height, max(1, round(c.shape[1] * height / c.shape[0])))
+            for c in cells]
+
+
+def _require_images(result: dict, images_dir) -> None:
+    """NoUsableImagesError, with the first reasons, when no image was evaluated."""
+    if result["images"]:
+        return
+    reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in result["skipped"][:3])
+    more = "; ..." if len(result["skipped"]) > 3 else ""
+    raise NoUsableImagesError(f"no usable image in {images_dir} ({len(result['skipped'])} "
+                              f"skipped: {reasons}{more})")
+
+
+def _with_run_keys(result: dict, images_dir, **run_keys) -> dict:
+    """A task's report as metrics.json holds it: ``task``, ``images_dir``, ``images``, then
+    ``run_keys`` (the models, settings), then the rest of ``result``."""
+    head = {"task": result["task"], "images_dir": os.path.abspath(images_dir),
+            "images": result["images"], **run_keys}
+    return {**head, **{k: v for k, v in result.items() if k not in head}}
+
+
+def _write_outputs(output_dir: str, report: dict, markdown: str,
+                   pngs: dict[str, np.ndarray]) -> None:
+    """Writes metrics.json, metrics.md and the named PNGs into ``output_dir`` (created)."""
+    os.makedirs(output_dir, exist_ok=True)
+    _atomic_write_text(os.path.join(output_dir, METRICS_JSON), to_json(report))
+    _atomic_write_text(os.path.join(output_dir, METRICS_MD), markdown)
+    for name, image in pngs.items():
+        save_png(os.path.join(output_dir, name), image)
 
 
 def _display_name(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
@@ -390,36 +459,20 @@ def evaluate_colorize(config: ColorizeEvalConfig) -> dict:
     rows: list[list[np.ndarray]] = []
 
     def keep_row(_name: str, cells: list[np.ndarray]) -> None:
-        # Shrink now, so the grid never holds full-size copies of every image.
-        rows.append([
-            geometry.resize(c, height, max(1, round(c.shape[1] * height / c.shape[0])))
-            for c in cells
-        ])
+        rows.append(_shrink_cells(cells, height))
 
     root = config.images if os.path.isdir(config.images) else None
     result = colorize_report(colorizers, paths, saturation=config.saturation, root=root,
                              max_images=config.max_images, progress=config.progress,
                              on_image=keep_row)
-    if not result["images"]:
-        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in result["skipped"][:3])
-        more = "; ..." if len(result["skipped"]) > 3 else ""
-        raise NoUsableImagesError(
-            f"no usable image in {config.images} ({len(result['skipped'])} skipped: "
-            f"{reasons}{more})")
+    _require_images(result, config.images)
 
-    report = {
-        "task": result["task"],
-        "images_dir": os.path.abspath(config.images),
-        "images": result["images"],
-        "models": {name: os.path.abspath(p) for name, p in zip(names, config.models, strict=True)},
-        "embedder_weights": config.embedder_weights,
-        "grid_height": config.grid_height,
-        **{k: v for k, v in result.items() if k not in ("task", "images")},
-    }
-    os.makedirs(config.output_dir, exist_ok=True)
-    _atomic_write_text(os.path.join(config.output_dir, METRICS_JSON), to_json(report))
-    _atomic_write_text(os.path.join(config.output_dir, METRICS_MD), colorize_markdown(report))
-    save_png(os.path.join(config.output_dir, GRID_PNG), make_grid(rows, height=height))
+    report = _with_run_keys(
+        result, config.images,
+        models={name: os.path.abspath(p) for name, p in zip(names, config.models, strict=True)},
+        embedder_weights=config.embedder_weights, grid_height=config.grid_height)
+    _write_outputs(config.output_dir, report, colorize_markdown(report),
+                   {GRID_PNG: make_grid(rows, height=height)})
     return report
 
 
@@ -704,28 +757,270 @@ def evaluate_sr(config: SREvalConfig) -> dict:
     result = sr_report(upscalers, paths, scale=config.scale, root=root,
                        max_images=config.max_images, progress=config.progress,
                        on_image=keep_row)
-    if not result["images"]:
-        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in result["skipped"][:3])
-        more = "; ..." if len(result["skipped"]) > 3 else ""
-        raise NoUsableImagesError(
-            f"no usable image in {config.images} ({len(result['skipped'])} skipped: "
-            f"{reasons}{more})")
+    _require_images(result, config.images)
 
-    report = {
-        "task": result["task"],
-        "images_dir": os.path.abspath(config.images),
-        "images": result["images"],
-        "scale": result["scale"],
-        "models": {name: os.path.abspath(p) for name, p in zip(names, config.models, strict=True)},
-        "crop_size": config.crop_size,
-        "crop_display_height": height,
-        **{k: v for k, v in result.items() if k not in ("task", "images", "scale")},
-    }
-    os.makedirs(config.output_dir, exist_ok=True)
-    _atomic_write_text(os.path.join(config.output_dir, METRICS_JSON), to_json(report))
-    _atomic_write_text(os.path.join(config.output_dir, METRICS_MD), sr_markdown(report))
-    save_png(os.path.join(config.output_dir, CROPS_PNG), make_grid(rows, height=height))
+    report = _with_run_keys(
+        result, config.images, scale=result["scale"],
+        models={name: os.path.abspath(p) for name, p in zip(names, config.models, strict=True)},
+        crop_size=config.crop_size, crop_display_height=height)
+    _write_outputs(config.output_dir, report, sr_markdown(report),
+                   {CROPS_PNG: make_grid(rows, height=height)})
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Task "codec" (Invertible Grayscale).
+
+LUMA = "luma"  # the SPEC §6 baseline: the plain luminance image, no colour
+LUMA_DECODED = "luma_decoded"  # an ordinary grayscale (the luma) given to the decoder
+CODEC = "codec"  # the decoder on the encoder's grayscale after a real 8-bit PNG round trip
+GRAY_VS_LUMA = "gray_vs_luma"  # the stored grayscale against the input's luma
+JPEG_PLOT_PNG = "jpeg_psnr.png"
+DEFAULT_JPEG_QUALITIES = (95, 90, 75, 50)
+
+_CODEC_VARIANTS = {
+    "psnr": "colour: PSNR = 10 log10(255^2 / MSE) over all RGB pixels and channels of the "
+            "restored image against the input (0..255, peak 255; koala.metrics.psnr); "
+            "gray_vs_luma: the same on the single channel; identical images give inf, written "
+            "as the string \"inf\" in metrics.json",
+    "ssim": "SSIM (Wang et al. 2004), Gaussian window 11x11 sigma 1.5, K1 0.01, K2 0.03, data "
+            "range 255, population moments, 5 px border excluded; colour: mean of the three "
+            "RGB channels; null for images under 11 px on a side",
+    "mae": "gray_vs_luma: mean absolute difference in grey levels (0..255)",
+    LUMA: "the baseline (SPEC §6): the input's BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B, "
+          "rounded to uint8 (koala.codec.luma), shown as gray RGB; it restores no colour",
+    LUMA_DECODED: "that uint8 luma fed to the decoder, as if the stored gray were an ordinary "
+                  "grayscale photo",
+    CODEC: "decoder(G8), G8 = the encoder's grayscale rounded to uint8, written as an 8-bit PNG "
+           "with PIL and read back (koala.codec.round_trip)",
+    "jpegQ": "decoder(the grayscale written as a JPEG of quality Q with PIL and read back)",
+    GRAY_VS_LUMA: "G8 (the stored grayscale) against the uint8 luma of the input",
+    "mean": "arithmetic mean over the evaluated images (SSIM: over the images that have one); "
+            "a single inf PSNR makes the mean inf",
+}
+
+
+def _jpeg_method(quality: int) -> str:
+    return f"jpeg{quality}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecEvalConfig:
+    """What :func:`evaluate_codec` evaluates and where the results go.
+
+    model:          a whole InvertibleGrayscale model saved as ``.keras``.
+    images:         a folder of images (walked recursively) or one image file.
+    output_dir:     where metrics.json, metrics.md, grid.png and jpeg_psnr.png go (created).
+    max_images:     stop after this many evaluated images (None: all of them).
+    jpeg_qualities: the JPEG qualities the grayscale is also stored at (robustness table).
+    grid_height:    height in pixels of every cell of grid.png.
+    tile:           tile side for the codec (:class:`koala.codec.TiledPart`; None: whole).
+    progress:       show a progress bar over the images on stderr.
+    """
+
+    model: str
+    images: str
+    output_dir: str = os.path.join("runs", "eval", "codec")
+    max_images: int | None = None
+    jpeg_qualities: tuple[int, ...] = DEFAULT_JPEG_QUALITIES
+    grid_height: int = 160
+    tile: int | None = codec_lib.DEFAULT_TILE
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "jpeg_qualities", tuple(self.jpeg_qualities))
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
+        if not all(isinstance(q, int) and 1 <= q <= 100 for q in self.jpeg_qualities) or \
+                len(set(self.jpeg_qualities)) != len(self.jpeg_qualities):
+            raise ValueError(f"jpeg_qualities must be distinct integers in 1..100, got "
+                             f"{self.jpeg_qualities}")
+        if self.grid_height < 1:
+            raise ValueError(f"grid_height must be >= 1, got {self.grid_height}")
+
+
+def codec_report(
+    encoder,
+    decoder,
+    image_paths: Iterable[str | os.PathLike],
+    *,
+    jpeg_qualities: Sequence[int] = DEFAULT_JPEG_QUALITIES,
+    root: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    progress: bool = False,
+    on_image: ImageCallback | None = None,
+) -> dict:
+    """Evaluates a codec, its JPEG robustness and the luminance baseline on image files.
+
+    For each image (unreadable ones are skipped and listed): G8 = ``koala.codec.encode`` of
+    the image, stored as an 8-bit PNG and read back (:func:`koala.codec.round_trip`); the
+    restored image ``decode(G8)``; ``decode`` of G8 stored as JPEG at each quality; the luma
+    baseline and the luma given to the decoder (see ``metric_variants``). Colour outputs are
+    scored against the image with PSNR and SSIM on RGB, G8 against the uint8 luma.
+
+    Args:
+      encoder, decoder: the codec's halves (Keras models or :class:`koala.codec.TiledPart`).
+      image_paths: image files, evaluated in this order.
+      jpeg_qualities: JPEG qualities for the robustness table.
+      root: image names in the report are relative to it (default: the paths as given).
+      max_images: stop after this many evaluated (not skipped) images.
+      progress: show a progress bar on stderr.
+      on_image: called as ``on_image(name, [input, G8, restored])`` for every evaluated image
+        (uint8; G8 is (H, W)), e.g. to build a comparison grid.
+
+    Returns:
+      ``{"task": "codec", "images": N, "methods": ["luma", "luma_decoded", "codec",
+      "jpeg95", ...], "jpeg_qualities", "metric_variants", "per_image": [...], "mean": {...},
+      "skipped": [...]}``: each per-image entry is ``{"name", "width", "height",
+      "gray_vs_luma": {psnr, ssim, mae}, "<method>": {psnr, ssim}, ...}``; ``mean`` has the
+      same dicts. PSNR may be ``math.inf``, SSIM None.
+    """
+    methods = [LUMA, LUMA_DECODED, CODEC, *map(_jpeg_method, jpeg_qualities)]
+    per_image: list[dict] = []
+    skipped: list[dict] = []
+    for name, truth in _readable_images(list(image_paths), root=root, max_images=max_images,
+                                       per_image=per_image, skipped=skipped,
+                                       progress=progress):
+        gray = codec_lib.encode(encoder, truth)
+        stored = codec_lib.round_trip(gray, "PNG")
+        luma = codec_lib.luma(truth)
+        outputs = {LUMA: np.repeat(luma[..., None], 3, axis=2),
+                   LUMA_DECODED: codec_lib.decode(decoder, luma),
+                   CODEC: codec_lib.decode(decoder, stored)}
+        for quality in jpeg_qualities:
+            jpeg = codec_lib.round_trip(gray, "JPEG", quality=quality)
+            outputs[_jpeg_method(quality)] = codec_lib.decode(decoder, jpeg)
+        entry = {
+            "name": name,
+            "width": int(truth.shape[1]),
+            "height": int(truth.shape[0]),
+            GRAY_VS_LUMA: {**_psnr_ssim(luma, stored),
+                           "mae": float(np.mean(np.abs(stored.astype(np.int16) - luma)))},
+        }
+        for method in methods:
+            entry[method] = _psnr_ssim(truth, outputs[method])
+        per_image.append(entry)
+        if on_image is not None:
+            on_image(name, [truth, stored, outputs[CODEC]])
+    mean = {m: {k: _mean(e[m][k] for e in per_image) for k in ("psnr", "ssim")}
+            for m in methods}
+    mean[GRAY_VS_LUMA] = {k: _mean(e[GRAY_VS_LUMA][k] for e in per_image)
+                          for k in ("psnr", "ssim", "mae")}
+    return {
+        "task": "codec",
+        "images": len(per_image),
+        "methods": methods,
+        "jpeg_qualities": [int(q) for q in jpeg_qualities],
+        "metric_variants": dict(_CODEC_VARIANTS),
+        "per_image": per_image,
+        "mean": mean,
+        "skipped": skipped,
+    }
+
+
+def evaluate_codec(config: CodecEvalConfig) -> dict:
+    """The codec task: loads the model, runs :func:`codec_report`, writes the outputs.
+
+    Writes metrics.json, metrics.md, grid.png ([input | grayscale | restored] per image) and
+    jpeg_psnr.png (:func:`jpeg_plot`) into ``config.output_dir`` and returns the report as
+    written to metrics.json, before JSON conversion (``model``, ``images_dir``, ``tile`` and
+    ``grid_height`` are added to :func:`codec_report`'s keys).
+
+    Raises:
+      KoalaError: the model file or the images folder is missing, or the model doesn't load
+        or is not a whole InvertibleGrayscale.
+      NoUsableImagesError: no image could be evaluated (nothing is written then).
+    """
+    encoder, decoder = codec_lib.load_codec(config.model)
+    paths = images.find_images(config.images)  # KoalaError when the folder is missing
+    if not paths:
+        raise NoUsableImagesError(f"no image files in {config.images}")
+    encoder = codec_lib.TiledPart(encoder, tile=config.tile)
+    decoder = codec_lib.TiledPart(decoder, tile=config.tile)
+
+    height = config.grid_height
+    rows: list[list[np.ndarray]] = []
+
+    def keep_row(_name: str, cells: list[np.ndarray]) -> None:
+        rows.append(_shrink_cells(cells, height))
+
+    root = config.images if os.path.isdir(config.images) else None
+    result = codec_report(encoder, decoder, paths, jpeg_qualities=config.jpeg_qualities,
+                          root=root, max_images=config.max_images, progress=config.progress,
+                          on_image=keep_row)
+    _require_images(result, config.images)
+    report = _with_run_keys(result, config.images, model=os.path.abspath(config.model),
+                            tile=config.tile, grid_height=config.grid_height)
+    _write_outputs(config.output_dir, report, codec_markdown(report),
+                   {GRID_PNG: make_grid(rows, height=height), JPEG_PLOT_PNG: jpeg_plot(report)})
+    return report
+
+
+def _dashed(draw, start, end, fill, dash: int = 6) -> None:
+    """A dashed horizontal line from ``start`` to ``end`` (PIL has no dash style)."""
+    (x0, y), (x1, _) = start, end
+    for x in range(int(x0), int(x1), 2 * dash):
+        draw.line([(x, y), (min(x + dash, x1), y)], fill=fill, width=2)
+
+
+def jpeg_plot(report: dict, *, size: tuple[int, int] = (560, 360)) -> np.ndarray:
+    """The mean colour PSNR against the JPEG quality the grayscale was stored at, as a uint8
+    (H, W, 3) chart drawn with PIL: one point per quality, the PNG (lossless) result as a
+    dashed reference line and the luma baseline as a dotted one. Infinite PSNRs are left out
+    of the axes and named in the legend."""
+    mean = report["mean"]
+    qualities = sorted(report["jpeg_qualities"])
+    points = [(q, mean[_jpeg_method(q)]["psnr"]) for q in qualities]
+    refs = [("PNG (lossless)", mean[CODEC]["psnr"], (200, 40, 40)),
+            ("luma baseline, no colour", mean[LUMA]["psnr"], (110, 110, 110))]
+    finite = [v for v in [p for _, p in points] + [v for _, v, _ in refs]
+              if v is not None and math.isfinite(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    step = next(s for s in (0.5, 1, 2, 5, 10, 20, 50, 100) if (hi - lo) / s <= 6)
+    lo, hi = math.floor(lo / step) * step - step, math.ceil(hi / step) * step + step
+    q_lo = min(qualities) - 5 if qualities else 0
+
+    width, height = size
+    left, right, top, bottom = 60, 20, 72, 45
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+
+    def xy(quality, psnr):
+        x = left + (quality - q_lo) / (100 - q_lo) * (width - left - right)
+        y = top + (hi - psnr) / (hi - lo) * (height - top - bottom)
+        return x, y
+
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    tick = lo
+    while tick <= hi + 1e-9:
+        _, y = xy(q_lo, tick)
+        draw.line([(left - 4, y), (left, y)], fill="black")
+        draw.text((4, y - 6), f"{tick:g}", fill="black", font=font)
+        tick += step
+    for q in [*qualities, 100]:
+        x, _ = xy(q, lo)
+        draw.line([(x, height - bottom), (x, height - bottom + 4)], fill="black")
+        draw.text((x - 8, height - bottom + 8), str(q), fill="black", font=font)
+    draw.text((left, height - 16), "JPEG quality of the stored grayscale", fill="black",
+              font=font)
+    draw.text((4, 6), f"Mean colour PSNR (dB) after decoding, {report['images']} images",
+              fill="black", font=font)
+    for i, (label, value, colour) in enumerate(refs):
+        text = f"{label}: {_cell(value, 2)} dB"
+        if value is not None and math.isfinite(value):
+            _, y = xy(q_lo, value)
+            _dashed(draw, (left, y), (width - right, y), colour, dash=6 if i == 0 else 2)
+        draw.text((left + 6, 22 + 14 * i), text, fill=colour, font=font)
+    blue = (30, 80, 200)
+    draw.text((left + 6, 22 + 14 * len(refs)), "JPEG-stored grayscale (points)", fill=blue,
+              font=font)
+    shown = [xy(q, p) for q, p in points if p is not None and math.isfinite(p)]
+    if len(shown) > 1:
+        draw.line(shown, fill=blue, width=2)
+    for x, y in shown:
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=blue)
+    return np.asarray(image)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -778,6 +1073,22 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _per_image_table(report: dict, methods: Sequence[str], key: str) -> list[str]:
+    """Markdown table lines: one row per image, one column per method, metric ``key``."""
+    rows = [[_escape(e["name"]), *(_cell(e[m][key], _DECIMALS.get(key, 4)) for m in methods)]
+            for e in report["per_image"]]
+    return _table(["image", *map(_escape, methods)], rows)
+
+
+def _variants_and_skipped(variants: dict, skipped: list[dict]) -> list[str]:
+    """The closing sections of metrics.md: the metric variants, then the skipped files."""
+    lines = ["## Metric variants", "", *(f"- **{k}**: {v}" for k, v in variants.items())]
+    if skipped:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- `{_escape(s['path'])}`: {s['reason']}" for s in skipped]
+    return lines
+
+
 def markdown_mean_table(report: dict) -> str:
     """The report's ``mean`` as a Markdown table: one row per method (and ``truth``), one
     column per metric; cells a method has no value for are left empty. Works for any task whose
@@ -814,11 +1125,7 @@ def colorize_markdown(report: dict) -> str:
                  *([_cell(e["truth_colorfulness"], _DECIMALS[key])] if with_truth else [])]
                 for e in report["per_image"]]
         lines += [f"## {_TITLES[key]}", "", *_table(header, rows), ""]
-    lines += ["## Metric variants", ""]
-    lines += [f"- **{k}**: {v}" for k, v in METRIC_VARIANTS.items()]
-    if report["skipped"]:
-        lines += ["", "## Skipped", ""]
-        lines += [f"- `{_escape(s['path'])}`: {s['reason']}" for s in report["skipped"]]
+    lines += _variants_and_skipped(METRIC_VARIANTS, report["skipped"])
     return "\n".join(lines) + "\n"
 
 
@@ -843,22 +1150,66 @@ def sr_markdown(report: dict) -> str:
     lines.append(f"- LR input: {variants['lr']}")
     lines += ["", "## Mean", "", markdown_mean_table(report).rstrip("\n"), ""]
     for key in _SR_METRICS:
-        header = ["image", *map(_escape, methods)]
-        rows = [[_escape(e["name"]), *(_cell(e[m][key], _DECIMALS[key]) for m in methods)]
-                for e in report["per_image"]]
-        lines += [f"## {_SR_TITLES[key]}", "", *_table(header, rows), ""]
-    lines += ["## Metric variants", ""]
-    lines += [f"- **{k}**: {v}" for k, v in variants.items()]
-    if report["skipped"]:
-        lines += ["", "## Skipped", ""]
-        lines += [f"- `{_escape(s['path'])}`: {s['reason']}" for s in report["skipped"]]
+        lines += [f"## {_SR_TITLES[key]}", "", *_per_image_table(report, methods, key), ""]
+    lines += _variants_and_skipped(variants, report["skipped"])
+    return "\n".join(lines) + "\n"
+
+
+def codec_markdown(report: dict) -> str:
+    """metrics.md for the codec task: the mean colour PSNR/SSIM (the luma baseline first), the
+    grayscale against luma, the JPEG robustness table, then per-image tables."""
+    methods = report["methods"]
+    mean = report["mean"]
+    variants = report.get("metric_variants") or _CODEC_VARIANTS
+    lines = [
+        "# Invertible grayscale: colour restored from the stored 8-bit grayscale",
+        "",
+        f"{report['images']} images; {len(report['skipped'])} skipped. Colour PSNR and SSIM on "
+        "RGB against the input; the grayscale is stored as a real 8-bit PNG (or JPEG) and read "
+        "back before decoding.",
+        "",
+        f"- model: {report.get('model', 'in-memory model')}",
+        *(f"- `{m}`: {variants[m]}" for m in (LUMA, LUMA_DECODED, CODEC, "jpegQ")),
+        "",
+        "## Colour restoration (mean)",
+        "",
+        markdown_mean_table({"mean": {m: mean[m] for m in methods}}).rstrip("\n"),
+        "",
+        "## Grayscale against BT.601 luma (mean)",
+        "",
+        markdown_mean_table({"mean": {GRAY_VS_LUMA: mean[GRAY_VS_LUMA]}}).rstrip("\n"),
+        "",
+        "## JPEG robustness (mean)",
+        "",
+        f"The grayscale stored as JPEG instead of PNG, then decoded; plot: `{JPEG_PLOT_PNG}`.",
+        "",
+    ]
+    png = mean[CODEC]["psnr"]
+    rows = [["PNG (lossless)", _cell(png, 2), _cell(mean[CODEC]["ssim"], 4), "0.00"]]
+    for q in report["jpeg_qualities"]:
+        values = mean[_jpeg_method(q)]
+        drop = (round(values["psnr"] - png, 2) + 0.0  # + 0.0: no "-0.00"
+                if None not in (values["psnr"], png)
+                and not (math.isinf(values["psnr"]) and math.isinf(png)) else None)
+        rows.append([f"JPEG q{q}", _cell(values["psnr"], 2), _cell(values["ssim"], 4),
+                     _cell(drop, 2)])
+    lines += [*_table(["storage", "PSNR", "SSIM", "ΔPSNR vs PNG"], rows), ""]
+    for key, title in (("psnr", "Colour PSNR per image (dB)"), ("ssim", "Colour SSIM per image")):
+        lines += [f"## {title}", "", *_per_image_table(report, methods, key), ""]
+    rows = [[_escape(e["name"]), *(_cell(e[GRAY_VS_LUMA][k], _DECIMALS[k])
+                                   for k in ("psnr", "ssim", "mae"))]
+            for e in report["per_image"]]
+    lines += ["## Grayscale against luma per image", "",
+              *_table(["image", "PSNR", "SSIM", "MAE"], rows), ""]
+    lines += _variants_and_skipped(variants, report["skipped"])
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
 # The tasks, by name, and the command line.
 
-TASKS: dict[str, Callable] = {"colorize": evaluate_colorize, "sr": evaluate_sr}
+TASKS: dict[str, Callable] = {"colorize": evaluate_colorize, "sr": evaluate_sr,
+                              "codec": evaluate_codec}
 """Task name -> function(config) -> report dict."""
 
 FLAGS = flags.FLAGS
@@ -898,6 +1249,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_integer("crop_size", DEFAULT_CROP_SIZE,
                          "sr: side in high-res pixels of the centred crop in crops.png.",
                          lower_bound=1, flag_values=fv)
+    flags.DEFINE_multi_integer("jpeg_quality", list(DEFAULT_JPEG_QUALITIES),
+                               "codec: a JPEG quality to store the grayscale at for the "
+                               "robustness table; repeat for several.", lower_bound=1,
+                               upper_bound=100, flag_values=fv)
+    flags.DEFINE_integer("tile", codec_lib.DEFAULT_TILE, "codec: tile side in px for the "
+                         "encoder and decoder (bounds memory); 0 runs images whole.",
+                         lower_bound=0, flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
 
 
@@ -907,6 +1265,8 @@ _TASK_FLAG_NAMES = {
                  "embedder_weights", "grid_height", "progress"),
     "sr": ("task", "model", "images", "scale", "output_dir", "max_images", "crop_size",
            "progress"),
+    "codec": ("task", "model", "images", "output_dir", "max_images", "jpeg_quality",
+              "grid_height", "tile", "progress"),
 }
 
 
@@ -928,8 +1288,19 @@ def _sr_config(fv: flags.FlagValues = FLAGS) -> SREvalConfig:
         max_images=fv.max_images, crop_size=fv.crop_size, progress=fv.progress)
 
 
+def _codec_config(fv: flags.FlagValues = FLAGS) -> CodecEvalConfig:
+    if len(fv.model) != 1:
+        raise KoalaError(f"--task=codec evaluates one model (a whole InvertibleGrayscale "
+                         f".keras), got {len(fv.model)} --model flags")
+    return CodecEvalConfig(
+        model=fv.model[0], images=fv.images,
+        output_dir=fv.output_dir or os.path.join("runs", "eval", "codec"),
+        max_images=fv.max_images, jpeg_qualities=tuple(fv.jpeg_quality),
+        grid_height=fv.grid_height, tile=fv.tile or None, progress=fv.progress)
+
+
 # Task name -> config built from the flags; the same keys as TASKS.
-_CONFIG_FROM_FLAGS = {"colorize": _colorize_config, "sr": _sr_config}
+_CONFIG_FROM_FLAGS = {"colorize": _colorize_config, "sr": _sr_config, "codec": _codec_config}
 
 
 def _flags_text() -> str:
@@ -965,6 +1336,10 @@ def main(argv):
         print(f"x{report['scale']}: PSNR-Y and SSIM-Y on BT.601 studio Y with a "
               f"{report['scale']} px border crop, PSNR-RGB on the whole image; crops: "
               f"{os.path.join(config.output_dir, CROPS_PNG)}")
+    if FLAGS.task == "codec":
+        print(f"colour PSNR/SSIM on RGB after a real 8-bit PNG (or JPEG) round trip of the "
+              f"grayscale; luma is the baseline; JPEG plot: "
+              f"{os.path.join(config.output_dir, JPEG_PLOT_PNG)}")
     print(f"report: {os.path.join(config.output_dir, METRICS_MD)}")
     return 0
 

@@ -203,7 +203,8 @@ def test_evaluate_colorize_input_errors(photos, model_path, tmp_path):
     with pytest.raises(ValueError, match="at least one model"):
         evaluate.ColorizeEvalConfig(models=(), images="x")
     assert not (tmp_path / "out").exists()
-    assert set(evaluate.TASKS) == set(evaluate._CONFIG_FROM_FLAGS) == {"colorize", "sr"}
+    tasks = {"colorize", "sr", "codec"}
+    assert set(evaluate.TASKS) == set(evaluate._CONFIG_FROM_FLAGS) == tasks
 
 
 def test_flags_are_defined_by_run_not_at_import():

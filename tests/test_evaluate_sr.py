@@ -291,7 +291,8 @@ def test_evaluate_sr_input_errors(photos, model_path, tmp_path):
     with pytest.raises(ValueError, match="at least one model"):
         evaluate.SREvalConfig(models=(), images="x", scale=2)
     assert not (tmp_path / "out").exists()
-    assert set(evaluate.TASKS) == set(evaluate._CONFIG_FROM_FLAGS) == {"colorize", "sr"}
+    tasks = {"colorize", "sr", "codec"}
+    assert set(evaluate.TASKS) == set(evaluate._CONFIG_FROM_FLAGS) == tasks
 
 
 def test_sr_flags():
