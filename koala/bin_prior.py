@@ -1,0 +1,278 @@
+r"""The ab bin prior of a colour record set, for class rebalancing (SPEC §5, Zhang et al. 2016).
+
+  python data_prep/bin_prior.py --records=RECORDS [--output=RECORDS/ab_prior.npz] \
+      [--split=train] [--max_examples=N] [--sigma=5] [--lam=0.5] [--noskip_white]
+
+Also runnable as ``python -m koala.bin_prior``. Reads the records' ab channels (at the stored
+S x S, no crop or flip) through :func:`koala.data.pipelines.colorization_dataset`, counts the
+pixels per ab bin (:func:`koala.colorbins.bin_counts`), smooths the distribution
+(:func:`koala.colorbins.bin_prior`) and writes, atomically, an ``.npz`` with ``bins``
+(Q, 2), ``counts`` (Q,), ``prior`` (Q,, the smoothed p̃) and ``weights`` (Q,, the
+rebalancing weights for --lam), plus the settings that made them. :func:`load_prior` reads it
+back and checks that its bins are :func:`koala.colorbins.ab_bins`'s.
+
+Pure white pixels (L* = 100, a*b* = 0) are skipped unless --noskip_white: at L* = 100 white
+is the only sRGB colour, so they say nothing about the colour distribution, and in records
+built with ``fit=pad`` (the default) most of them are the white padding around the photo,
+which would inflate the (0, 0) bin. The number skipped is recorded.
+
+Exit status: 0 on success, 2 with a one-line ``error:`` for missing, corrupt or colourless
+records (or nothing to count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import zipfile
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from koala import color, colorbins
+from koala.data import pipelines, records
+from koala.errors import KoalaError
+from koala.progress import Progress
+
+__all__ = ["PRIOR_FILE", "AbPrior", "PriorConfig", "compute_prior", "count_records",
+           "define_flags", "load_prior", "main", "run", "save_prior"]
+
+PRIOR_FILE = "ab_prior.npz"
+"""Default file name, beside the records' shards."""
+_ARRAYS = ("bins", "counts", "prior", "weights")
+_BATCH = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig:
+    """What :func:`compute_prior` reads and how it counts."""
+
+    records: str
+    split: str = "train"
+    max_examples: int | None = None  # None: every example of the split
+    grid: float = colorbins.GRID
+    rule: str = "nearest"  # colorbins.GAMUT_RULES
+    sigma: float = colorbins.SIGMA
+    lam: float = colorbins.REBALANCE_LAMBDA
+    skip_white: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"max_examples must be >= 1, got {self.max_examples}")
+        if self.rule not in colorbins.GAMUT_RULES:
+            raise ValueError(f"rule must be one of {colorbins.GAMUT_RULES}, got {self.rule!r}")
+        if not (self.grid > 0 and self.sigma >= 0 and 0.0 <= self.lam <= 1.0):
+            raise ValueError("need grid > 0, sigma >= 0 and lam in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AbPrior:
+    """A record set's bin statistics, as written by :func:`save_prior`."""
+
+    bins: np.ndarray  # float32 (Q, 2), colorbins.ab_bins(grid, rule)
+    counts: np.ndarray  # float64 (Q,), pixels per bin (halves on ties)
+    prior: np.ndarray  # float64 (Q,), p̃: counts normalised and smoothed with sigma
+    weights: np.ndarray  # float64 (Q,), rebalancing weights for lam, E_p̃[w] = 1
+    grid: float
+    rule: str
+    sigma: float
+    lam: float
+    examples: int  # images read
+    pixels: int  # pixels counted
+    skipped_white: int  # pure white pixels left out
+    split: str
+    records: str
+
+
+def count_records(config: PriorConfig) -> tuple[np.ndarray, int, int, int]:
+    """Counts the split's ab pixels per bin.
+
+    Returns:
+      ``(counts (Q,), examples, pixels, skipped_white)``.
+
+    Raises:
+      RecordsError (a KoalaError): no shards, a corrupt shard (named), records without the
+        colour fields, or a record that can't be decoded.
+    """
+    bins = colorbins.ab_bins(config.grid, config.rule)
+    total = records.resolve(config.records, config.split).num_records
+    if config.max_examples is not None:
+        total = min(total, config.max_examples) if total is not None else config.max_examples
+    batch = min(_BATCH, config.max_examples or _BATCH)
+    ds = pipelines.colorization_dataset(config.records, split=config.split, batch_size=batch,
+                                        training=False)
+    counts = np.zeros(len(bins))
+    examples = pixels = skipped = 0
+    try:
+        with Progress(total, "ab prior", unit="img", enabled=config.progress) as bar:
+            for inputs, ab in ds:
+                take = len(ab)
+                if config.max_examples is not None:
+                    take = min(take, config.max_examples - examples)
+                lightness = color.denormalize_l(inputs["l"][:take]).numpy()[..., 0]
+                ab = color.denormalize_ab(ab[:take]).numpy()  # integers: the records' units
+                keep = np.ones(lightness.shape, bool)
+                if config.skip_white:
+                    keep = ~((lightness >= 100.0 - 1e-3) & np.all(ab == 0, axis=-1))
+                counts += colorbins.bin_counts([ab[keep]], bins)
+                examples += take
+                pixels += int(keep.sum())
+                skipped += int(keep.size - keep.sum())
+                bar.update(take)
+                if examples == config.max_examples:
+                    break
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        reason = e.message.split("[Op:")[0].strip().splitlines()[0]
+        raise records.RecordsError(f"cannot read {config.records}: {reason}") from None
+    return counts, examples, pixels, skipped
+
+
+def compute_prior(config: PriorConfig) -> AbPrior:
+    """Counts, the smoothed prior p̃ and the rebalancing weights of a record set.
+
+    Raises:
+      KoalaError: unreadable records (see :func:`count_records`) or no pixel to count.
+    """
+    counts, examples, pixels, skipped = count_records(config)
+    if pixels == 0:
+        raise KoalaError(f"no pixels to count in {config.records} (split {config.split!r}"
+                         + (", all pure white)" if skipped else ")"))
+    bins = colorbins.ab_bins(config.grid, config.rule)
+    prior = colorbins.bin_prior(counts, bins, config.sigma)
+    return AbPrior(bins=bins, counts=counts, prior=prior,
+                   weights=colorbins.rebalancing_weights(prior, config.lam), grid=config.grid,
+                   rule=config.rule, sigma=config.sigma, lam=config.lam, examples=examples,
+                   pixels=pixels, skipped_white=skipped, split=config.split,
+                   records=str(config.records))
+
+
+def save_prior(path, prior: AbPrior) -> None:
+    """Writes ``prior`` as an uncompressed .npz, atomically (a temporary name, then a rename).
+
+    Local paths only (``os.replace``); the folder is created.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    fields = {f.name: getattr(prior, f.name) for f in dataclasses.fields(prior)}
+    try:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **{k: np.asarray(v) for k, v in fields.items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_prior(path) -> AbPrior:
+    """Reads a :func:`save_prior` file and checks its bins against ``ab_bins(grid, rule)``.
+
+    Raises:
+      KoalaError: missing or unreadable file, missing fields, or bins that differ from
+        :func:`koala.colorbins.ab_bins` (a prior made by another version of the bins).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise KoalaError(f"prior file not found: {path}")
+    names = [f.name for f in dataclasses.fields(AbPrior)]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [n for n in names if n not in data.files]
+            if missing:
+                raise KoalaError(f"{path} is not an ab prior file (no {', '.join(missing)})")
+            values = {n: data[n] for n in names}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise KoalaError(f"unreadable prior file {path}: {e}") from None
+    scalars = {n: values[n].item() for n in names if n not in _ARRAYS}
+    prior = AbPrior(**{n: values[n] for n in _ARRAYS}, **scalars)
+    try:
+        expected = colorbins.ab_bins(prior.grid, prior.rule)
+    except ValueError as e:
+        raise KoalaError(f"{path}: {e}") from None
+    if prior.bins.shape != expected.shape or not np.array_equal(prior.bins, expected):
+        raise KoalaError(f"{path}: its {len(prior.bins)} bins are not ab_bins(grid={prior.grid}, "
+                         f"rule={prior.rule!r}) ({len(expected)} bins): recompute the prior")
+    q = len(expected)
+    if any(getattr(prior, n).shape != (q,) for n in ("counts", "prior", "weights")):
+        raise KoalaError(f"{path}: counts, prior and weights must have one value per bin ({q})")
+    return prior
+
+
+# --- Command line ------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+_DEFINED_IN: list[flags.FlagValues] = []
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the command-line flags (once per FlagValues; called by :func:`run`, so that
+    importing this module for :func:`load_prior` defines nothing)."""
+    if any(fv is flag_values for fv in _DEFINED_IN):
+        return
+    _DEFINED_IN.append(flag_values)
+    fv = flag_values
+    flags.DEFINE_string("records", None, "Colour records: a directory, a shard pattern or file.",
+                        flag_values=fv)
+    flags.DEFINE_string("output", None, f"The .npz to write. Default: RECORDS/{PRIOR_FILE} "
+                        "(when --records is a directory).", flag_values=fv)
+    flags.DEFINE_string("split", "train", "Split to count (the prior is a training statistic).",
+                        flag_values=fv)
+    flags.DEFINE_integer("max_examples", None, "Count at most this many images (default: all).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("sigma", colorbins.SIGMA, "Gaussian σ smoothing the prior, ab units "
+                       "(Zhang et al.: 5).", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_float("lam", colorbins.REBALANCE_LAMBDA, "λ of the rebalancing weights "
+                       "(Zhang et al.: 0.5).", lower_bound=0.0, upper_bound=1.0, flag_values=fv)
+    flags.DEFINE_enum("rule", "nearest", colorbins.GAMUT_RULES, "In-gamut rule of the bins "
+                      "(koala.colorbins.ab_bins): nearest (262 bins) or adjacent (309).",
+                      flag_values=fv)
+    flags.DEFINE_bool("skip_white", True, "Leave out pure white pixels (L*=100, ab=0): no colour "
+                      "information, and mostly the padding of fit=pad records.", flag_values=fv)
+    flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    output = FLAGS.output
+    if output is None:
+        if not os.path.isdir(FLAGS.records):
+            print(f"error: give --output (--records {FLAGS.records} is not a directory)",
+                  file=sys.stderr)
+            return 2
+        output = os.path.join(FLAGS.records, PRIOR_FILE)
+    config = PriorConfig(records=FLAGS.records, split=FLAGS.split,
+                         max_examples=FLAGS.max_examples, rule=FLAGS.rule, sigma=FLAGS.sigma,
+                         lam=FLAGS.lam, skip_white=FLAGS.skip_white, progress=FLAGS.progress)
+    try:
+        prior = compute_prior(config)
+    except KoalaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        save_prior(output, prior)
+    except OSError as e:
+        print(f"error: cannot write {output}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    top = np.argsort(prior.counts)[::-1][:3]
+    common = ", ".join(f"({a:.0f}, {b:.0f}) {prior.counts[i] / prior.pixels:.1%}"
+                       for i, (a, b) in zip(top, prior.bins[top], strict=True))
+    print(f"ab prior: {prior.examples} images, {prior.pixels} pixels "
+          f"({prior.skipped_white} white skipped), {int(np.count_nonzero(prior.counts))}/"
+          f"{len(prior.bins)} bins used; most common {common}; weights "
+          f"{prior.weights.min():.3g}..{prior.weights.max():.3g} -> {output}")
+    return 0
+
+
+def run():
+    define_flags()
+    flags.mark_flags_as_required(["records"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
