@@ -14,6 +14,7 @@ import keras
 from koala.errors import KoalaError
 from koala.models import (
     codec,  # noqa: F401  (registers InvertibleGrayscale)
+    colorgan,  # noqa: F401  (registers ColorGenerator, ColorGAN)
     fusion,  # noqa: F401  (registers FusionLayer, FusionColorizer)
     sr,  # noqa: F401  (registers SRCNN, FSRCNN, SRAutoencoder)
 )
