@@ -13,8 +13,9 @@ import sys
 
 from absl import app, flags
 
-from koala import training
+from koala import colorbins, training
 from koala.errors import KoalaError
+from koala.models import fusion
 
 FLAGS = flags.FLAGS
 
@@ -55,6 +56,19 @@ flags.DEFINE_bool("batch_norm", True, "Fusion: the report's BatchNorm layers (Fa
                   "paper's original code).")
 flags.DEFINE_float("filters_scale", None, "Fusion: multiply every filter count (1 = paper).",
                    lower_bound=0.0)
+flags.DEFINE_enum("head", "regression", list(fusion.HEADS), "Fusion: regression (SPEC §1: "
+                  "tanh ab, MSE) or classification (SPEC §5, Zhang et al.: a distribution over "
+                  "ab bins, class-rebalanced cross-entropy, annealed-mean decoding; needs the "
+                  "records' bin prior, see --ab_prior).")
+flags.DEFINE_float("temperature", colorbins.ANNEAL_TEMPERATURE, "Classification: temperature "
+                   "of the annealed-mean decoding (SPEC §5: 0.38; 1 = the mean).",
+                   lower_bound=0.0)
+flags.DEFINE_string("ab_prior", None, "Classification: the ab bin prior (.npz) written by "
+                    "python data_prep/bin_prior.py --records=DIR. Default: "
+                    "ab_prior.npz beside --train_records.")
+flags.DEFINE_float("rebalance_lambda", colorbins.REBALANCE_LAMBDA, "Classification: λ of the "
+                   "class-rebalancing weights ((1 - λ)·prior + λ/Q)^-1 (SPEC §5: 0.5; 1 = no "
+                   "rebalancing).", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("image_grid_count", 4, "Validation images in the TensorBoard grid.",
                      lower_bound=0)
 flags.DEFINE_bool("verify_records", True, "Check every shard (sha256/CRC) before training.")
@@ -97,6 +111,7 @@ flags.register_validator(
     "lr_boundaries", lambda v: all(s.isdigit() and int(s) > 0 for s in v)
     and [int(s) for s in v] == sorted({int(s) for s in v}),
     "--lr_boundaries must be increasing positive epoch numbers, e.g. 100,150,200,300")
+flags.register_validator("temperature", lambda v: v > 0, "--temperature must be > 0")
 flags.register_validator("crop_size", lambda v: v is None or v % 8 == 0,
                          "--crop_size must be a multiple of 8")
 
@@ -109,7 +124,7 @@ _CONFIG_FLAGS = ("model", "workdir", "train_records", "val_records", "epochs",
                  "last_layer_lr_scale", "patch_size", "stride", "patches_per_image",
                  "sr_channels", "lr_schedule", "lr_end", "lr_power", "stage2_epoch",
                  "loss_preset", "perceptual_net", "perceptual_weights", "perceptual_size",
-                 "contrast_weight")
+                 "contrast_weight", "head", "temperature", "ab_prior", "rebalance_lambda")
 
 
 def effective_flags() -> str:

@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 import koala
-from koala import color, distributed, grid
+from koala import bin_prior, color, colorbins, distributed, grid
 from koala import optimizers as optimizers_lib
 from koala.data import pipelines, records
 from koala.errors import KoalaError
@@ -96,6 +96,10 @@ class TrainConfig:
     perceptual_weights: str = "imagenet"
     perceptual_size: int = 224
     contrast_weight: float | None = None
+    head: str = "regression"
+    temperature: float = colorbins.ANNEAL_TEMPERATURE
+    ab_prior: str | None = None
+    rebalance_lambda: float = colorbins.REBALANCE_LAMBDA
 
     def __post_init__(self):
         object.__setattr__(self, "lr_boundaries", tuple(int(b) for b in self.lr_boundaries))
@@ -137,6 +141,12 @@ class TrainConfig:
             (self.stride is None or self.stride >= 1, "stride must be >= 1"),
             (self.sr_channels in pipelines.SR_CHANNELS,
              f"sr_channels must be one of {pipelines.SR_CHANNELS}"),
+            (self.head in fusion.HEADS, f"head must be one of {fusion.HEADS}"),
+            (self.head == "regression"
+             or getattr(MODELS.get(self.model), "task", None) == "colorize",
+             "head=classification needs a fusion model"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (0 <= self.rebalance_lambda <= 1, "rebalance_lambda must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -160,7 +170,37 @@ def _fusion_kwargs(cfg: TrainConfig, recs: records.RecordSet) -> dict:
               "embedder_fit": emb.get("fit", manifest.get("fit", "pad"))}
     if cfg.filters_scale is not None:
         kwargs["filters_scale"] = cfg.filters_scale
+    kwargs.update(head=cfg.head, temperature=cfg.temperature)
+    if cfg.head == "classification":
+        kwargs.update(_class_weights(cfg))
     return kwargs
+
+
+def ab_prior_path(cfg: TrainConfig) -> str:
+    """--ab_prior, or ``ab_prior.npz`` beside the training records (in the directory, or
+    beside the shard file or pattern)."""
+    if cfg.ab_prior:
+        return cfg.ab_prior
+    source = cfg.train_records
+    folder = source if tf.io.gfile.isdir(source) else os.path.dirname(source)
+    return os.path.join(folder, bin_prior.PRIOR_FILE)
+
+
+def _class_weights(cfg: TrainConfig) -> dict:
+    """The classification head's bins and rebalancing weights, from the records' ab prior:
+    ``w ∝ ((1 − λ)·p̃ + λ/Q)⁻¹`` recomputed from p̃ with --rebalance_lambda."""
+    path = ab_prior_path(cfg)
+    if not tf.io.gfile.exists(path):
+        records_dir = os.path.dirname(path) or "."
+        raise KoalaError(f"no ab prior at {path}: head=classification needs the records' bin "
+                         f"prior; run `python data_prep/bin_prior.py --records={records_dir}` "
+                         f"(or give --ab_prior)")
+    prior = bin_prior.load_prior(path)
+    if prior.grid != colorbins.GRID:
+        raise KoalaError(f"{path}: bins on a grid of {prior.grid:g}, the model's are on "
+                         f"{colorbins.GRID:g}; recompute the prior")
+    weights = colorbins.rebalancing_weights(prior.prior, cfg.rebalance_lambda)
+    return {"bin_rule": prior.rule, "class_weights": tuple(float(w) for w in weights)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,6 +443,8 @@ def _codec_prepare(cfg: TrainConfig, model) -> None:
 
 
 TASKS = {
+    # "mse" for the regression head; with --head=classification the fusion model's own
+    # train_step computes the class-rebalanced cross-entropy and the loss is not compiled.
     "colorize": {"datasets": _colorize_datasets, "loss": "mse", "images": ColorizeImages},
     "sr": {"datasets": _sr_datasets, "loss": "mse", "images": SRImages},
     # The codec's train_step computes its own loss terms (koala/models/codec.py).
@@ -547,6 +589,10 @@ def _check_workdir(cfg: TrainConfig) -> None:
     with open(path) as f:
         previous = json.load(f).get("config", {})
     current = _jsonable(cfg)
+    # A setting missing from an older run.json did not exist then: that run had its default.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    previous = {**_jsonable(defaults), **previous}
     free = ("epochs", "verify_records", "collective_timeout")  # don't change the result
     changed = sorted(k for k in current if k not in free
                      and previous.get(k) != current[k])
@@ -556,9 +602,9 @@ def _check_workdir(cfg: TrainConfig) -> None:
                          f"use a new --workdir to start another run")
 
 
-def _jsonable(cfg: TrainConfig) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(cfg).items()}
+def _jsonable(cfg: TrainConfig | dict) -> dict:
+    items = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in items.items()}
 
 
 def train(cfg: TrainConfig, *, flags_text: str | None = None, extra_callbacks=()):
@@ -614,7 +660,9 @@ def _train(cfg: TrainConfig, strategy, workdir: str, flags_text, extra_callbacks
                                              momentum=cfg.momentum, lr_multipliers=multipliers)
             if "prepare" in task:
                 task["prepare"](cfg, model)
-            model.compile(optimizer=optimizer, loss=task["loss"], jit_compile=cfg.jit_compile)
+            # The classification head's train_step computes its own loss (koala/models/fusion.py).
+            loss = None if cfg.head == "classification" else task["loss"]
+            model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
         if cfg.distribute == "multi_worker":
             train_ds = _worker_dataset(cfg, task, model, train_recs, strategy)
             val_ds = None
@@ -634,6 +682,7 @@ def _train(cfg: TrainConfig, strategy, workdir: str, flags_text, extra_callbacks
             "keras": keras.__version__, "python": platform.python_version(),
             "devices": [d.name for d in tf.config.list_logical_devices()],
             "replicas": strategy.num_replicas_in_sync,
+            **({"ab_prior": ab_prior_path(cfg)} if cfg.head == "classification" else {}),
         })
         monitor = "val_loss" if val_ds is not None else "loss"
         tb_dir = os.path.join(workdir, "tensorboard")

@@ -75,6 +75,43 @@ Departures from the paper and the authors' code:
 
 Weights use Keras' defaults (Glorot-uniform kernels, zero biases), as the original Keras code
 did.
+
+Classification head (``head="classification"``, SPEC §5)
+--------------------------------------------------------
+Zhang, Isola & Efros 2016, "Colorful Image Colorization" (as used by Lal et al. 2017): the
+network predicts a distribution over Q quantised ab bins (:func:`koala.colorbins.ab_bins`)
+instead of ab, is trained with a class-rebalanced cross-entropy against soft targets, and
+decodes with the annealed mean. The encoder, fusion and decoder are the same; only the head
+changes (Q = 262 with ``bin_rule="nearest"``)::
+
+    layer                      output            params
+    dec_conv4   conv3/32       112 x 112 x 32     18 464   (as above)
+    dec_logits  conv3/Q        112 x 112 x Q      75 718   (linear; 9*32*262 + 262)
+    probs       softmax        112 x 112 x Q           0   (float32)
+    ab_mean     annealed mean  112 x 112 x 2           0   (Lab units, T = 0.38)
+    ab_norm     x 1/128        112 x 112 x 2           0
+    ab_clip     clip [-1, 1]   112 x 112 x 2           0   (hard_tanh; a no-op for these bins)
+    ab          up x2          224 x 224 x 2           0
+    total: 6 651 494 with BN (6 576 354 - 578 + 75 718), 6 648 934 without
+
+The model's output is the same normalised ab as the regression model's, so ``predict``,
+:mod:`koala.colorize`, :mod:`koala.evaluate` and the trainer's image grids work unchanged.
+:meth:`FusionColorizer.classify` gives ``(probs, ab)``; training (:meth:`FusionColorizer.
+train_step`) minimises :func:`rebalanced_cross_entropy` and logs ``loss`` and ``ab_mse`` (the
+MSE of the decoded ab, the regression model's loss, for comparison). The class-rebalancing
+weights live in the config (``class_weights``), so a saved model is self-contained; the
+trainer computes them from the records' bin prior (:mod:`koala.bin_prior`).
+
+Departures from Zhang et al. / Lal et al.:
+
+7. **Q = 262 bins** (the sRGB gamut on the grid of 10), not Zhang's 313: see
+   :mod:`koala.colorbins`.
+8. **The logits conv is 3x3** (it replaces the regression model's 3x3 ab conv one for one);
+   Zhang's ``conv8_313`` is 1x1.
+9. **Resolution**: the distribution is predicted at S/2 (112 x 112 for 224 px; Zhang: S/4,
+   Lal: 64 x 64) and the target ab is average-pooled x2 to S/2 before soft-encoding; the
+   decoded ab is upsampled x2 by nearest neighbour, like the regression model's (Zhang:
+   bilinear).
 """
 
 from __future__ import annotations
@@ -82,16 +119,24 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
+from koala import color, colorbins
+
 __all__ = [
+    "HEADS",
+    "AnnealedMean",
     "FusionColorizer",
     "FusionConfig",
     "FusionLayer",
     "build_fusion",
     "fusion",
     "fusion_small",
+    "num_bins",
     "parameter_count_from_table",
+    "rebalanced_cross_entropy",
 ]
 
 # The layer table, shared by the builder and by :func:`parameter_count_from_table`.
@@ -102,6 +147,15 @@ ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), 
 DECODER = (128, "up", 64, 64, "up", 32)
 AB_CHANNELS = 2
 DOWNSAMPLING = 8  # three stride-2 convs
+HEADS = ("regression", "classification")
+"""regression: ab through tanh, MSE (the paper); classification: Q bin logits (SPEC §5)."""
+CE_EPSILON = 1e-8
+"""Added to the probabilities inside the cross-entropy's log (Zhang et al.'s code)."""
+
+
+def num_bins(rule: str = "nearest") -> int:
+    """Q, the number of ab bins of the classification head (262 for "nearest")."""
+    return len(colorbins.ab_bins(rule=rule))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +172,13 @@ class FusionConfig:
                     weights, fit). Not part of the network: recorded in the saved model so
                     ``koala.colorize`` rebuilds the embedder the model was trained with. The
                     trainer copies them from the records' manifest.
+    head:           "regression" (the paper) or "classification" (SPEC §5, see the module
+                    docstring).
+    temperature:    classification: T of the annealed-mean decoding (Zhang et al.: 0.38).
+    bin_rule:       classification: the gamut rule of the ab bins (koala.colorbins.ab_bins).
+    class_weights:  classification: the Q class-rebalancing weights
+                    (koala.colorbins.rebalancing_weights), kept here so that a saved model is
+                    self-contained; None gives every bin weight 1.
     """
 
     image_size: int = 224
@@ -128,6 +189,10 @@ class FusionConfig:
     embedder: str = "inception_resnet_v2"
     embedder_weights: str = "imagenet"
     embedder_fit: str = "pad"
+    head: str = "regression"
+    temperature: float = colorbins.ANNEAL_TEMPERATURE
+    bin_rule: str = "nearest"
+    class_weights: tuple | None = None
 
     def __post_init__(self):
         if self.image_size <= 0 or self.image_size % DOWNSAMPLING:
@@ -140,6 +205,25 @@ class FusionConfig:
             raise ValueError(f"filters_scale must be positive, got {self.filters_scale}")
         if self.fusion_filters <= 0:
             raise ValueError(f"fusion_filters must be positive, got {self.fusion_filters}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.bin_rule not in colorbins.GAMUT_RULES:
+            raise ValueError(f"bin_rule must be one of {colorbins.GAMUT_RULES}, "
+                             f"got {self.bin_rule!r}")
+        if self.class_weights is not None:
+            if self.head != "classification":
+                raise ValueError("class_weights apply to head='classification' only")
+            # A saved config holds a JSON list: back to a tuple of floats (hashable, ==).
+            weights = tuple(float(w) for w in self.class_weights)
+            q = num_bins(self.bin_rule)
+            if len(weights) != q:
+                raise ValueError(f"class_weights needs one weight per bin ({q} for "
+                                 f"bin_rule={self.bin_rule!r}), got {len(weights)}")
+            if not all(np.isfinite(w) and w >= 0 for w in weights):
+                raise ValueError("class_weights must be finite and non-negative")
+            object.__setattr__(self, "class_weights", weights)
 
     def filters(self, paper_filters: int) -> int:
         """A paper filter count scaled by ``filters_scale``, rounded, at least 1."""
@@ -182,6 +266,97 @@ class FusionLayer(keras.layers.Layer):
         return super().get_config()
 
 
+@keras.saving.register_keras_serializable(package="koala")
+class AnnealedMean(keras.layers.Layer):
+    """Decodes ab bin distributions by their annealed mean (:func:`koala.colorbins.annealed_mean`).
+
+    Call with probs ``(B, h, w, Q)``, non-negative, summing to 1 over Q (a softmax output);
+    returns ``(B, h, w, 2)`` ab in Lab units (not normalised), float32 (the layer computes in
+    float32 under any policy unless given another dtype). The Q bin centres are
+    ``ab_bins(rule=rule)``, rebuilt from the rule (not stored as weights). No weights.
+    """
+
+    def __init__(self, temperature: float = colorbins.ANNEAL_TEMPERATURE, rule: str = "nearest",
+                 **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if rule not in colorbins.GAMUT_RULES:
+            raise ValueError(f"rule must be one of {colorbins.GAMUT_RULES}, got {rule!r}")
+        self.temperature = float(temperature)
+        self.rule = rule
+        self._bins = colorbins.ab_bins(rule=rule)  # (Q, 2) NumPy: a constant, not a weight
+
+    def build(self, input_shape):
+        if input_shape[-1] is not None and input_shape[-1] != len(self._bins):
+            raise ValueError(f"{self.name}: expected {len(self._bins)} bin probabilities "
+                             f"(rule={self.rule!r}), got {input_shape[-1]}")
+        self.built = True
+
+    def call(self, probs):
+        return colorbins.annealed_mean(probs, self._bins, self.temperature)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], AB_CHANNELS)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature, "rule": self.rule}
+
+
+def rebalanced_cross_entropy(probs, ab, *, bins, class_weights=None,
+                             neighbours: int = colorbins.SOFT_NEIGHBOURS,
+                             sigma: float = colorbins.SIGMA, epsilon: float = CE_EPSILON):
+    """Zhang et al.'s class-rebalanced multinomial cross-entropy (SPEC §5).
+
+    The target ab is average-pooled to the probabilities' grid, taken to Lab units (x 128),
+    soft-encoded onto its ``neighbours`` nearest bins with a Gaussian of σ = ``sigma``
+    (Z, :func:`koala.colorbins.soft_encode`); each pixel is weighted by the class weight of
+    its most likely target bin, v = w[argmax_q Z_q]::
+
+        loss = mean over the B*h*w pixels of  -v * sum_q Z_q * log(p_q + epsilon)
+
+    computed in float32. The targets carry no gradient.
+
+    Args:
+      probs: ``(B, h, w, Q)`` predicted bin probabilities (any float dtype).
+      ab: ``(B, f*h, f*w, 2)`` target ab / 128 (koala.color.normalize_ab), f a whole factor
+        (2 for the fusion model: probabilities at S/2, targets at S).
+      bins: ``(Q, 2)`` bin centres in Lab units (:func:`koala.colorbins.ab_bins`).
+      class_weights: ``(Q,)`` rebalancing weights, or None for 1 everywhere.
+      neighbours, sigma: the soft encoding (Zhang et al.: 5 and 5).
+      epsilon: added inside the log.
+
+    Returns:
+      float32 scalar.
+    """
+    probs = tf.cast(probs, tf.float32)
+    ab = tf.cast(ab, tf.float32)
+    factor = ab.shape[1] // probs.shape[1] if ab.shape[1] and probs.shape[1] else None
+    if factor is None or factor * probs.shape[1] != ab.shape[1]:
+        raise ValueError(f"the target's side {ab.shape[1]} must be a whole multiple of the "
+                         f"probabilities' side {probs.shape[1]}")
+    if factor > 1:  # (B, S, S, 2) -> (B, S/f, S/f, 2)
+        ab = tf.nn.avg_pool2d(ab, factor, factor, "VALID")
+    target = tf.stop_gradient(colorbins.soft_encode(
+        ab * color.AB_SCALE, bins, k=neighbours, sigma=sigma))  # (B, h, w, Q)
+    cross_entropy = -tf.reduce_sum(target * tf.math.log(probs + epsilon), axis=-1)  # (B, h, w)
+    if class_weights is not None:
+        weights = tf.constant(np.asarray(class_weights, np.float32))
+        cross_entropy *= tf.gather(weights, tf.argmax(target, axis=-1))
+    return tf.reduce_mean(cross_entropy)
+
+
+class _Untracked:
+    """A box Keras does not look into (as in koala/models/codec.py): a Keras model held
+    here is not tracked as a sub-model, so its layers are not saved a second time."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value=None):
+        self.value = value
+
+
 def _batch_norm(name: str) -> keras.layers.BatchNormalization:
     """BatchNorm whose batch statistics are all-reduced over the replicas of a distribution
     strategy (TensorFlow backend): each replica normalises with the global batch's statistics
@@ -198,7 +373,8 @@ def _conv(filters: int, kernel: int, name: str, strides: int = 1, activation="re
 
 
 def _fusion_graph(config: FusionConfig):
-    """The functional graph: returns (inputs dict, ab output). See the module docstring."""
+    """The functional graph: returns (inputs dict, ab output, probs or None). See the module
+    docstring; probs (B, S/2, S/2, Q) exists for the classification head only."""
     size, dim = config.image_size, config.embedding_dim
     l_input = keras.Input((size, size, 1), name="l")
     embedding = keras.Input((dim,), name="embedding")
@@ -228,12 +404,25 @@ def _fusion_graph(config: FusionConfig):
             n_conv += 1
             x = _conv(config.filters(item), 3, f"dec_conv{n_conv}")(x)
 
-    # ab head: linear conv, then tanh and the final upsampling in float32, so the output
-    # is float32 in [-1, 1] even under a mixed-precision policy: (B, S/2, S/2, 2) -> (B, S, S, 2).
-    x = _conv(AB_CHANNELS, 3, f"dec_conv{n_conv + 1}", activation=None)(x)
-    x = keras.layers.Activation("tanh", dtype="float32", name="ab_tanh")(x)
+    probs = None
+    if config.head == "regression":
+        # ab head: linear conv, then tanh and the final upsampling in float32, so the output is
+        # float32 in [-1, 1] even under a mixed-precision policy: (B, S/2, S/2, 2).
+        x = _conv(AB_CHANNELS, 3, f"dec_conv{n_conv + 1}", activation=None)(x)
+        x = keras.layers.Activation("tanh", dtype="float32", name="ab_tanh")(x)
+    else:
+        # Classification head (SPEC §5): Q linear logits, softmax in float32 ->
+        # (B, S/2, S/2, Q); annealed mean -> ab in Lab units -> / 128 -> clip to [-1, 1]
+        # -> (B, S/2, S/2, 2), all float32.
+        q = num_bins(config.bin_rule)
+        x = _conv(q, 3, "dec_logits", activation=None)(x)
+        probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(x)
+        x = AnnealedMean(config.temperature, config.bin_rule, name="ab_mean")(probs)
+        x = keras.layers.Rescaling(1.0 / color.AB_SCALE, dtype="float32", name="ab_norm")(x)
+        x = keras.layers.Activation("hard_tanh", dtype="float32", name="ab_clip")(x)
+    # The final x2 nearest upsampling, in float32: (B, S/2, S/2, 2) -> (B, S, S, 2).
     ab = keras.layers.UpSampling2D(2, interpolation="nearest", dtype="float32", name="ab")(x)
-    return {"l": l_input, "embedding": embedding}, ab
+    return {"l": l_input, "embedding": embedding}, ab, probs
 
 
 @keras.saving.register_keras_serializable(package="koala")
@@ -244,21 +433,97 @@ class FusionColorizer(keras.Model):
     it); output ab (B, S, S, 2), float32, in [-1, 1]. ``model.config`` gives the
     hyper-parameters and the embedder that makes the "embedding" input; a saved ``.keras``
     file reloads with plain ``keras.saving.load_model`` once koala is imported.
+
+    With ``head="classification"`` the output is the same (the annealed mean of the bin
+    distribution, normalised); :meth:`classify` also gives the distribution, and
+    ``train_step``/``test_step`` minimise :func:`rebalanced_cross_entropy` with the config's
+    ``class_weights``: ``compile(optimizer=...)`` (a compiled loss is not used), then ``fit``
+    on ``(inputs, ab)`` batches. They log ``loss`` and ``ab_mse`` (the decoded ab's MSE, the
+    regression model's loss). The regression model trains with Keras' own steps and the
+    compiled loss.
     """
 
     def __init__(self, name="fusion", **config):
         kwargs = {k: config.pop(k) for k in ("trainable", "dtype") if k in config}
         self.config = FusionConfig(**config)
-        inputs, outputs = _fusion_graph(self.config)
+        inputs, outputs, probs = _fusion_graph(self.config)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        if self.config.head == "classification":
+            # The same layers, to the probabilities too; boxed so that Keras neither tracks
+            # nor saves it a second time.
+            self._classifier = _Untracked(
+                keras.Model(inputs, [probs, outputs], name=f"{name}_classifier"))
+            self._class_trackers = [keras.metrics.Mean(name="loss"),
+                                    keras.metrics.Mean(name="ab_mse")]
+            weights = self.config.class_weights
+            self._bins = colorbins.ab_bins(rule=self.config.bin_rule)
+            self._class_weights = (None if weights is None
+                                   else np.asarray(weights, np.float32))
 
     def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                **dataclasses.asdict(self.config)}
+        config = dataclasses.asdict(self.config)
+        if config["class_weights"] is not None:
+            config["class_weights"] = list(config["class_weights"])
+        return {"name": self.name, "trainable": self.trainable, **config}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    # -- classification head -----------------------------------------------------------
+
+    def classify(self, inputs, training=False):
+        """Classification head only: ``(probs (B, S/2, S/2, Q), ab (B, S, S, 2))``, float32;
+        ``ab`` is the model's output (the normalised annealed mean of ``probs``)."""
+        if self.config.head != "classification":
+            raise ValueError(f"{self.name} has a {self.config.head} head, no bin distribution")
+        probs, ab = self._classifier.value(inputs, training=training)
+        return probs, ab
+
+    def classification_loss(self, probs, ab):
+        """:func:`rebalanced_cross_entropy` with this model's bins and class weights."""
+        return rebalanced_cross_entropy(probs, ab, bins=self._bins,
+                                        class_weights=self._class_weights)
+
+    @property
+    def metrics(self):
+        if self.config.head != "classification":
+            return super().metrics
+        return list(self._class_trackers)  # reset by Keras at each epoch
+
+    def _class_step(self, data, training: bool):
+        x, ab, _ = keras.utils.unpack_x_y_sample_weight(data)
+        ab = tf.cast(ab, tf.float32)
+        probs, pred = self.classify(x, training=training)
+        loss = self.classification_loss(probs, ab)
+        ab_mse = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - ab))
+        return loss, ab_mse, ab
+
+    def _record(self, ab, loss, ab_mse):
+        batch = tf.cast(tf.shape(ab)[0], tf.float32)
+        for tracker, value in zip(self._class_trackers, (loss, ab_mse), strict=True):
+            tracker.update_state(value, sample_weight=batch)
+        return {tracker.name: tracker.result() for tracker in self._class_trackers}
+
+    def train_step(self, data):
+        if self.config.head != "classification":
+            return super().train_step(data)
+        with tf.GradientTape() as tape:
+            loss, ab_mse, ab = self._class_step(data, training=True)
+            # Gradients are summed over replicas under tf.distribute: average them instead.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            # Multiplies by the loss scale under mixed precision (a LossScaleOptimizer,
+            # which `apply` divides back out); a no-op otherwise.
+            scaled = self.optimizer.scale_loss(loss / replicas)
+        variables = self.trainable_variables
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        return self._record(ab, loss, ab_mse)
+
+    def test_step(self, data):
+        if self.config.head != "classification":
+            return super().test_step(data)
+        loss, ab_mse, ab = self._class_step(data, training=False)
+        return self._record(ab, loss, ab_mse)
 
 
 def build_fusion(config: FusionConfig) -> FusionColorizer:
@@ -266,14 +531,12 @@ def build_fusion(config: FusionConfig) -> FusionColorizer:
     return FusionColorizer(**dataclasses.asdict(config))
 
 
-
-
-
 def parameter_count_from_table(config: FusionConfig) -> int:
     """The model's parameter count, computed by hand from the layer table (not from Keras).
 
     A k x k conv from c_in to c_out channels has k*k*c_in*c_out + c_out parameters; a
-    BatchNorm over c channels has 4*c (gamma, beta; moving mean, moving variance).
+    BatchNorm over c channels has 4*c (gamma, beta; moving mean, moving variance). The last
+    conv has 2 outputs (regression) or Q (classification).
     """
 
     def conv(k, c_in, c_out):
@@ -295,7 +558,8 @@ def parameter_count_from_table(config: FusionConfig) -> int:
         else:
             total += conv(3, channels, config.filters(item))
             channels = config.filters(item)
-    return total + conv(3, channels, AB_CHANNELS)
+    out = AB_CHANNELS if config.head == "regression" else num_bins(config.bin_rule)
+    return total + conv(3, channels, out)
 
 
 def fusion(**kwargs) -> FusionColorizer:
