@@ -2,7 +2,7 @@ r"""Colorizes grayscale (or desaturated colour) photos with a trained fusion col
 
   python -m koala.colorize INPUT... -o OUTDIR --model MODEL.keras \
       [--saturation=1.2] [--refine=none|guided --radius=40 --eps=1e-4] [--suffix=_color] \
-      [--grid] [--embedder_weights=PATH]
+      [--grid] [--embedder_weights=PATH] [--samples=1 --seed=0]
 
 INPUTs are image files or folders (walked recursively, sub-folders kept under OUTDIR). Each
 image becomes ``OUTDIR/<subfolders>/<stem><suffix>.png`` with exactly the input's size; with
@@ -24,6 +24,11 @@ order makes no difference) through a guided filter (:mod:`koala.guided`) whose g
 full-resolution lightness L*/100 in [0, 1], radius ``--radius`` pixels of the full-resolution
 image and ``--eps`` (the paper's 40 and 1e-4). It removes blotches while the chroma keeps the
 edges of L*. ``--refine=none`` (the default) leaves the prediction as it is.
+
+A ColorGAN model (:mod:`koala.models.colorgan`) needs no embedder; its noise map makes
+colourings differ: ``--samples=N`` writes ``<stem><suffix>_1.png ... _N.png``, file k drawn
+from the noise seed ``(--seed, k - 1)``, so equal seeds give equal outputs (a single output is
+file 1's colouring). A fusion model is deterministic and refuses ``--samples`` > 1.
 
 Library use::
 
@@ -47,7 +52,8 @@ from koala import batch, color, geometry, guided, images, models
 from koala import grid as grid_lib
 from koala.embedder import Embedder
 from koala.errors import KoalaError
-from koala.models import fusion
+from koala.models import colorgan, fusion
+from koala.models.colorgan import ColorGANConfig
 from koala.models.fusion import FusionConfig
 
 __all__ = [
@@ -154,12 +160,15 @@ def _default_embedder(name: str, weights: str, fit: str) -> Embedder:
 
 
 class Colorizer:
-    """A fusion model plus the embedder that makes its "embedding" input.
+    """A koala colorizer model plus, for a fusion model, the embedder that makes its
+    "embedding" input.
 
     Args:
       model: a :class:`koala.models.fusion.FusionColorizer` (anything with a
         :class:`~koala.models.fusion.FusionConfig` as ``.config`` that maps
-        ``{"l": (B, S, S, 1) in [-1, 1], "embedding": (B, D)}`` to ab/128 (B, S, S, 2)).
+        ``{"l": (B, S, S, 1) in [-1, 1], "embedding": (B, D)}`` to ab/128 (B, S, S, 2)), or a
+        :class:`koala.models.colorgan.ColorGAN` (no embedder; its noise gives several
+        colourings of one image, :meth:`colorize_samples`).
       embedder: the :class:`~koala.embedder.Embedder` to use. Default: the one recorded in
         ``model.config`` (name, weights, fit), built once per process and shared.
       embedder_weights: with ``embedder=None``, weights that replace the recorded ones
@@ -174,10 +183,18 @@ class Colorizer:
     def __init__(self, model, embedder: Embedder | None = None, *,
                  embedder_weights: str | None = None):
         config = getattr(model, "config", None)
-        if not isinstance(config, FusionConfig):
+        if not isinstance(config, (FusionConfig, ColorGANConfig)):
             raise KoalaError(
-                f"{type(model).__name__} is not a koala fusion colorizer (no FusionConfig)"
+                f"{type(model).__name__} is not a koala colorizer (no FusionConfig or "
+                f"ColorGANConfig)"
             )
+        self.model = model
+        self.config = config
+        self.image_size = size = config.image_size
+        self.is_gan = isinstance(config, ColorGANConfig)
+        if self.is_gan:  # L only: no embedder; noise from a seed (see _network_ab)
+            self.embedder = None
+            return
         if embedder is None:
             embedder = _default_embedder(
                 config.embedder, embedder_weights or config.embedder_weights, config.embedder_fit
@@ -187,11 +204,8 @@ class Colorizer:
                 f"embedder {embedder.name} gives {embedder.dim}-d embeddings but the model "
                 f"expects embedding_dim={config.embedding_dim}"
             )
-        self.model = model
         self.embedder = embedder
-        self.config = config
-        self.image_size = config.image_size
-        size, dim = config.image_size, config.embedding_dim
+        dim = config.embedding_dim
         # Fixed shapes (dynamic batch): one trace for every image, whatever its size.
         self._forward = tf.function(
             self._call_model,
@@ -210,7 +224,8 @@ class Colorizer:
           KoalaError: the file is missing, is not a loadable Keras model, or is not a koala
             fusion colorizer; WeightsError when the embedder's weights can't be loaded.
         """
-        model = models.load(path, (fusion.FusionColorizer,), "a koala fusion colorizer")
+        model = models.load(path, (fusion.FusionColorizer, colorgan.ColorGAN),
+                            "a koala colorizer (fusion or ColorGAN)")
         return cls(model, embedder_weights=embedder_weights)
 
     def predict_ab(self, rgb, *, refine: str = "none", radius: int = DEFAULT_RADIUS,
@@ -228,24 +243,61 @@ class Colorizer:
           [-128, 128]): the network's S x S prediction cropped to the image's region of the
           padded square and resized bilinearly to (H, W), then refined.
         """
+        return self._predict(rgb, refine, radius, eps, None)[0]
+
+    def _network_ab(self, rgb: np.ndarray, samples: int | None, seed: int | None):
+        """The network's (S, S, 2) a*b* in Lab units for the image fitted into its square:
+        one prediction, or ``samples`` ColorGAN samples drawn from ``seed``. A ColorGAN's
+        single prediction is its sample from seed 0, so results are reproducible."""
+        if self.is_gan and samples is None:
+            samples, seed = 1, 0
+        size = self.image_size
+        square = geometry.fit_square(rgb, size, INFERENCE_FIT)  # (S, S, 3), white padding
+        l = color.normalize_l(_lightness(square))[None]  # (1, S, S, 1) in [-1, 1]
+        if samples is not None:
+            return [color.denormalize_ab(ab[0]) for ab in self.model.sample(l, seed, samples)]
+        embedding = self.embedder.embed(self.embedder.fit(rgb)[None])  # (1, D)
+        return [color.denormalize_ab(self._forward(l, tf.constant(embedding)))[0]]
+
+    def _predict(self, rgb, refine, radius, eps, samples, seed=0) -> list[np.ndarray]:
+        """Full-resolution a*b* (H, W, 2) per prediction (see :meth:`predict_ab`)."""
         if refine not in REFINES:  # fail before running the network
             raise ValueError(f"refine must be one of {REFINES}, got {refine!r}")
         rgb = _as_rgb(rgb)
         height, width = rgb.shape[:2]
-        size = self.image_size
-        square = geometry.fit_square(rgb, size, INFERENCE_FIT)  # (S, S, 3), white padding
-        l = color.normalize_l(_lightness(square))[None]  # (1, S, S, 1) in [-1, 1]
-        embedding = self.embedder.embed(self.embedder.fit(rgb)[None])  # (1, D)
-        ab = color.denormalize_ab(self._forward(l, tf.constant(embedding)))[0]  # (S, S, 2)
-        top, left, nh, nw = geometry.pad_box(height, width, size)
-        ab = ab[top : top + nh, left : left + nw]  # the image's region only
-        if (nh, nw) != (height, width):
-            # antialias only matters when shrinking (images smaller than S).
-            ab = tf.image.resize(ab, (height, width), method="bilinear", antialias=True)
-        ab = ab.numpy().astype(np.float32)
-        if refine == "none":
-            return ab
-        return refine_ab(ab, _lightness(rgb).numpy(), refine=refine, radius=radius, eps=eps)
+        top, left, nh, nw = geometry.pad_box(height, width, self.image_size)
+        out = []
+        for ab in self._network_ab(rgb, samples, seed):
+            ab = ab[top : top + nh, left : left + nw]  # the image's region only
+            if (nh, nw) != (height, width):
+                # antialias only matters when shrinking (images smaller than S).
+                ab = tf.image.resize(ab, (height, width), method="bilinear", antialias=True)
+            ab = ab.numpy().astype(np.float32)
+            if refine != "none":
+                ab = refine_ab(ab, _lightness(rgb).numpy(), refine=refine, radius=radius,
+                               eps=eps)
+            out.append(ab)
+        return out
+
+    def colorize_samples(self, image, samples: int, seed: int, *,
+                         saturation: float = DEFAULT_SATURATION, refine: str = "none",
+                         radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS
+                         ) -> list[np.ndarray]:
+        """``samples`` different colourings of one image from a ColorGAN (its noise map gives
+        the diversity, SPEC §4); sample k uses noise drawn from ``(seed, k)``, so equal seeds
+        give equal outputs. Arguments as :meth:`colorize`.
+
+        Raises:
+          KoalaError: the model is not a ColorGAN (a fusion model has no noise to sample).
+        """
+        if not self.is_gan:
+            raise KoalaError(f"{type(self.model).__name__} is deterministic: only a ColorGAN "
+                             f"draws several colourings (samples={samples})")
+        _check_saturation(saturation)
+        rgb = _as_rgb(image)
+        lightness = _lightness(rgb)
+        return [_lab_to_uint8(lightness, tf.constant(ab) * saturation)
+                for ab in self._predict(rgb, refine, radius, eps, samples, seed)]
 
     def colorize(self, image, *, saturation: float = DEFAULT_SATURATION, refine: str = "none",
                  radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS) -> np.ndarray:
@@ -262,11 +314,15 @@ class Colorizer:
         Returns:
           uint8 (H, W, 3) sRGB: the input's full-resolution L* with the predicted a*b*.
         """
-        if not (math.isfinite(saturation) and saturation >= 0):
-            raise ValueError(f"saturation must be finite and >= 0, got {saturation}")
+        _check_saturation(saturation)
         rgb = _as_rgb(image)
         ab = self.predict_ab(rgb, refine=refine, radius=radius, eps=eps)
         return _lab_to_uint8(_lightness(rgb), tf.constant(ab) * saturation)
+
+
+def _check_saturation(saturation: float) -> None:
+    if not (math.isfinite(saturation) and saturation >= 0):
+        raise ValueError(f"saturation must be finite and >= 0, got {saturation}")
 
 
 def colorize(model, image, *, embedder: Embedder | None = None,
@@ -314,7 +370,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     fv = flag_values
     flags.DEFINE_string("output_dir", None, "Folder for the colorized PNGs (created).",
                         short_name="o", flag_values=fv)
-    flags.DEFINE_string("model", None, "A fusion colorizer saved as .keras by koala.train.",
+    flags.DEFINE_string("model", None, "A fusion colorizer or ColorGAN saved as .keras by "
+                        "koala.train.",
                         flag_values=fv)
     flags.DEFINE_float("saturation", DEFAULT_SATURATION,
                        "Factor on the predicted a*b* (SPEC §1: 1.2; 0 gives the gray input).",
@@ -330,6 +387,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                              flag_values=fv)
     flags.DEFINE_string("suffix", "_color", "Appended to each output's stem: <stem><suffix>.png.",
                         flag_values=fv)
+    flags.DEFINE_integer("samples", 1, "ColorGAN: colourings per image (SPEC §4: its noise gives "
+                         "diversity); N > 1 writes <stem><suffix>_1.png ... _N.png.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "ColorGAN: noise seed; sample k uses (seed, k), so equal "
+                         "seeds give equal outputs.", flag_values=fv)
     flags.DEFINE_bool("grid", False, "Also write <stem><suffix>_grid.png: input | output "
                       "(| original, for colour inputs).", flag_values=fv)
     flags.DEFINE_string("embedder_weights", None,
@@ -343,19 +405,21 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                              "--suffix must not contain a path separator", flag_values=fv)
 
 
-def output_paths(inputs, output_dir, suffix: str = "_color") -> list[tuple[pathlib.Path,
-                                                                           pathlib.Path]]:
+def output_paths(inputs, output_dir, suffix: str = "_color",
+                 samples: int = 1) -> list[tuple[pathlib.Path, pathlib.Path]]:
     """``(input file, output PNG)`` pairs (:func:`koala.batch.output_paths`); the optional
-    ``<stem><suffix>_grid.png`` beside each output is checked for clashes too."""
-    return batch.output_paths(inputs, output_dir, suffix, companions=("_grid",),
+    ``<stem><suffix>_grid.png`` beside each output, and with ``samples`` > 1 the
+    ``<stem><suffix>_k.png`` files, are checked for clashes too."""
+    extra = tuple(f"_{k}" for k in range(1, samples + 1)) if samples > 1 else ()
+    return batch.output_paths(inputs, output_dir, suffix, companions=("_grid", *extra),
                               verb="colorize")
 
 
-def _grid_row(loaded: images.LoadedImage, result: np.ndarray) -> list[np.ndarray]:
-    """input | output, or for colour inputs: desaturated input | output | original."""
+def _grid_row(loaded: images.LoadedImage, results: list[np.ndarray]) -> list[np.ndarray]:
+    """input | output(s), or for colour inputs: desaturated input | output(s) | original."""
     if loaded.was_grayscale:
-        return [loaded.rgb, result]
-    return [gray_baseline(loaded.rgb), result, loaded.rgb]
+        return [loaded.rgb, *results]
+    return [gray_baseline(loaded.rgb), *results, loaded.rgb]
 
 
 def main(argv):
@@ -364,7 +428,7 @@ def main(argv):
         print("error: give at least one input image or folder", file=sys.stderr)
         return 2
     try:
-        pairs = output_paths(inputs, FLAGS.output_dir, FLAGS.suffix)
+        pairs = output_paths(inputs, FLAGS.output_dir, FLAGS.suffix, FLAGS.samples)
     except KoalaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -374,18 +438,29 @@ def main(argv):
         return 2
     try:
         colorizer = Colorizer.load(FLAGS.model, embedder_weights=FLAGS.embedder_weights)
+        if FLAGS.samples > 1 and not colorizer.is_gan:
+            raise KoalaError(f"--samples={FLAGS.samples}: {FLAGS.model} is a deterministic "
+                             f"fusion colorizer; only a ColorGAN draws several colourings")
     except KoalaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    options = dict(saturation=FLAGS.saturation, refine=FLAGS.refine, radius=FLAGS.radius,
+                   eps=FLAGS.eps)
 
     def handle(loaded, out):
-        result = colorizer.colorize(loaded, saturation=FLAGS.saturation, refine=FLAGS.refine,
-                                    radius=FLAGS.radius, eps=FLAGS.eps)
-        grid_lib.save_png(out, result)
+        if colorizer.is_gan:  # reproducible: the noise comes from --seed
+            results = colorizer.colorize_samples(loaded, FLAGS.samples, FLAGS.seed, **options)
+        else:
+            results = [colorizer.colorize(loaded, **options)]
+        if len(results) == 1:
+            grid_lib.save_png(out, results[0])
+        else:
+            for k, result in enumerate(results, start=1):
+                grid_lib.save_png(out.with_name(f"{out.stem}_{k}.png"), result)
         if FLAGS.grid:
             height = min(loaded.height, 512)  # never upscale; cap huge inputs
             grid_lib.save_png(out.with_name(out.stem + "_grid.png"),
-                              grid_lib.make_grid([_grid_row(loaded, result)], height=height))
+                              grid_lib.make_grid([_grid_row(loaded, results)], height=height))
 
     done, failed = batch.process(pairs, handle, desc="colorize", max_pixels=FLAGS.max_pixels,
                                  progress=FLAGS.progress)

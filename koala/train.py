@@ -95,14 +95,14 @@ flags.DEFINE_integer("stage2_epoch", 90, "Codec: first epoch of stage 2 (quantiz
                      "fresh optimizer state); SPEC §2: 90 of 120.", lower_bound=0)
 flags.DEFINE_enum("loss_preset", "paper", ["paper", "authors"], "Codec: the paper's loss "
                   "weights or the authors' code's (koala/models/codec.py).")
-flags.DEFINE_enum("perceptual_net", "vgg19", ["vgg19", "mobilenet"], "Codec: the contrast "
-                  "term's network (SPEC §2: VGG19; MobileNet works offline with "
-                  "../shared/weights).")
-flags.DEFINE_string("perceptual_weights", "imagenet", "Codec: imagenet (downloads), none "
-                    "(random, smoke runs only) or a weights file.")
-flags.DEFINE_integer("perceptual_size", 224, "Codec: both images are resized to this square "
-                     "for the perceptual network (authors' code: 224); 0 = no resize.",
-                     lower_bound=0)
+flags.DEFINE_enum("perceptual_net", "vgg19", ["vgg19", "mobilenet"], "Codec and ColorGAN: "
+                  "the perceptual terms' network (SPEC §2, §4: VGG19; MobileNet works offline "
+                  "with ../shared/weights).")
+flags.DEFINE_string("perceptual_weights", "imagenet", "Codec and ColorGAN: imagenet "
+                    "(downloads), none (random, smoke runs only) or a weights file.")
+flags.DEFINE_integer("perceptual_size", 224, "Codec and ColorGAN: images are resized to this "
+                     "square for the perceptual network (codec authors' code: 224); 0 = no "
+                     "resize (ColorGAN's flagfiles).", lower_bound=0)
 flags.DEFINE_float("contrast_weight", None, "Codec: the contrast weight (default: the "
                    "preset's 1e-7); 0 drops the term and the perceptual network.",
                    lower_bound=0.0)

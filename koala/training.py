@@ -44,7 +44,7 @@ from koala import bin_prior, color, colorbins, distributed, grid
 from koala import optimizers as optimizers_lib
 from koala.data import pipelines, records
 from koala.errors import KoalaError
-from koala.models import codec, fusion, sr
+from koala.models import codec, colorgan, fusion, sr
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,19 @@ def _codec(constructor):
     return ModelSpec(build_model, "codec")
 
 
+def _colorgan(constructor):
+    """A ColorGAN with the perceptual settings from the flags, for the records' image size
+    (or --crop_size): the square the colorize tool will fit images into."""
+
+    def build_model(cfg: TrainConfig, recs):
+        size = cfg.crop_size or (recs.manifest or {}).get("image_size") or 256
+        return constructor(perceptual_net=cfg.perceptual_net,
+                           perceptual_weights=cfg.perceptual_weights,
+                           perceptual_size=cfg.perceptual_size, image_size=size)
+
+    return ModelSpec(build_model, "colorgan")
+
+
 MODELS = {
     "fusion": ModelSpec(lambda c, r: fusion.fusion(**_fusion_kwargs(c, r)), "colorize"),
     "fusion_small": ModelSpec(lambda c, r: fusion.fusion_small(**_fusion_kwargs(c, r)),
@@ -245,6 +258,8 @@ MODELS = {
     "sr_autoencoder_small": _sr(sr.sr_autoencoder_small),
     "codec": _codec(codec.codec),
     "codec_small": _codec(codec.codec_small),
+    "colorgan": _colorgan(colorgan.colorgan),
+    "colorgan_small": _colorgan(colorgan.colorgan_small),
 }
 
 
@@ -315,8 +330,11 @@ class ColorizeImages(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "images"))
         self.x, self.ab = examples
 
+    def predict(self):
+        return self.model(self.x, training=False)
+
     def on_epoch_end(self, epoch, logs=None):
-        pred = self.model(self.x, training=False)
+        pred = self.predict()
         zeros = tf.zeros_like(self.ab)
         gray, out, truth = (lab_batch_to_rgb(self.x["l"], a) for a in (zeros, pred, self.ab))
         image = grid.make_grid(list(zip(gray, out, truth, strict=True)), height=128)
@@ -435,11 +453,41 @@ class CodecImages(keras.callbacks.Callback):
         self.writer.flush()
 
 
-def _codec_prepare(cfg: TrainConfig, model) -> None:
-    """Attaches the perceptual network for the contrast term (inside the strategy scope)."""
+def _attach_perceptual(cfg: TrainConfig, model) -> None:
+    """Attaches the perceptual network the model's losses need (the codec's contrast term,
+    ColorGAN's perceptual and noise-feature terms), inside the strategy scope."""
     del cfg
     if model.config.needs_perceptual:
         model.set_perceptual(model.make_perceptual())
+
+
+class ColorGANImages(ColorizeImages):
+    """[gray | predicted | truth] grids from ColorGAN's seed-0 sample, so epochs compare."""
+
+    def predict(self):
+        return self.model.sample(self.x["l"], seed=0)[0]
+
+
+def _colorgan_compile(cfg: TrainConfig, model, optimizer) -> None:
+    """SPEC §4: Adam (0.5, 0.999) for both, --learning_rate (1e-4) for the generator and
+    twice that (2e-4) for the critic; --optimizer does not apply."""
+    del optimizer
+    model.compile(g_optimizer=keras.optimizers.Adam(cfg.learning_rate, beta_1=0.5),
+                  d_optimizer=keras.optimizers.Adam(2 * cfg.learning_rate, beta_1=0.5),
+                  jit_compile=cfg.jit_compile)
+
+
+class CriticLearningRate(keras.callbacks.Callback):
+    """Keeps the critic's learning rate at ``ratio`` times the generator's, whose rate the
+    LearningRateScheduler sets each epoch (it only knows ``model.optimizer``)."""
+
+    def __init__(self, ratio: float = 2.0):
+        super().__init__()
+        self.ratio = ratio
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.model.d_optimizer.learning_rate = self.ratio * lr
 
 
 TASKS = {
@@ -449,8 +497,13 @@ TASKS = {
     "sr": {"datasets": _sr_datasets, "loss": "mse", "images": SRImages},
     # The codec's train_step computes its own loss terms (koala/models/codec.py).
     "codec": {"datasets": _codec_datasets, "loss": None, "images": CodecImages,
-              "prepare": _codec_prepare,
+              "prepare": _attach_perceptual,
               "callbacks": lambda cfg: [codec.CodecStages(cfg.stage2_epoch)]},
+    # ColorGAN trains its generator and critic in its own train_step (two optimizers); the
+    # adversarial val_loss swings, so checkpoints follow the validation L1 instead.
+    "colorgan": {"datasets": _colorize_datasets, "loss": None, "images": ColorGANImages,
+                 "prepare": _attach_perceptual, "compile": _colorgan_compile,
+                 "callbacks": lambda cfg: [CriticLearningRate(2.0)], "monitor": "l1"},
 }
 
 
@@ -660,9 +713,13 @@ def _train(cfg: TrainConfig, strategy, workdir: str, flags_text, extra_callbacks
                                              momentum=cfg.momentum, lr_multipliers=multipliers)
             if "prepare" in task:
                 task["prepare"](cfg, model)
-            # The classification head's train_step computes its own loss (koala/models/fusion.py).
-            loss = None if cfg.head == "classification" else task["loss"]
-            model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
+            if "compile" in task:
+                task["compile"](cfg, model, optimizer)
+            else:
+                # The classification head's train_step computes its own loss
+                # (koala/models/fusion.py).
+                loss = None if cfg.head == "classification" else task["loss"]
+                model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
         if cfg.distribute == "multi_worker":
             train_ds = _worker_dataset(cfg, task, model, train_recs, strategy)
             val_ds = None
@@ -684,7 +741,8 @@ def _train(cfg: TrainConfig, strategy, workdir: str, flags_text, extra_callbacks
             "replicas": strategy.num_replicas_in_sync,
             **({"ab_prior": ab_prior_path(cfg)} if cfg.head == "classification" else {}),
         })
-        monitor = "val_loss" if val_ds is not None else "loss"
+        monitor = task.get("monitor", "loss")
+        monitor = f"val_{monitor}" if val_ds is not None else monitor
         tb_dir = os.path.join(workdir, "tensorboard")
         callbacks = [
             keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"),

@@ -432,6 +432,9 @@ class ColorGANConfig:
     perceptual_size:     images are resized to this square before the net; 0 = no resize.
     perceptual_channels: the layer's channels; None = known from net and layer.
     seed:                seed of the generator's SeedGenerator (None = random).
+    image_size:          the square the colorize tool fits images into (the training crop
+                         size; 256 in the paper). The networks themselves take any side
+                         that is a multiple of 2^(len(widths) - 1).
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512)
@@ -451,6 +454,7 @@ class ColorGANConfig:
     perceptual_size: int = 0
     perceptual_channels: int | None = None
     seed: int | None = None
+    image_size: int = 256
 
     def __post_init__(self):
         # Lists arrive from a reloaded .keras file's JSON: store tuples, so configs compare.
@@ -471,6 +475,11 @@ class ColorGANConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        step = 2 ** (len(self.widths) - 1)
+        if not isinstance(self.image_size, int) or self.image_size < step \
+                or self.image_size % step:
+            raise ValueError(f"image_size must be a positive multiple of {step}, "
+                             f"got {self.image_size!r}")
         if not isinstance(self.perceptual_size, int) or self.perceptual_size < 0:
             raise ValueError(f"perceptual_size must be a non-negative integer, "
                              f"got {self.perceptual_size!r}")
