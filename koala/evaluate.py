@@ -84,7 +84,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from koala import codec as codec_lib
 from koala import geometry, images, metrics
-from koala.colorize import DEFAULT_SATURATION, Colorizer, gray_baseline
+from koala.colorize import (
+    DEFAULT_EPS,
+    DEFAULT_RADIUS,
+    DEFAULT_SATURATION,
+    REFINES,
+    Colorizer,
+    gray_baseline,
+)
 from koala.data import pipelines
 from koala.errors import ImageError, KoalaError
 from koala.grid import make_grid, save_png
@@ -193,6 +200,9 @@ class ColorizeEvalConfig:
     embedder_weights: overrides the embedder weights recorded in the models (None: keep).
     grid_height:      height in pixels of every cell of grid.png.
     progress:         show a progress bar over the images on stderr.
+    refine:           the chroma refinements to report for every model: "none" (the raw
+                      prediction) and/or "guided" (SPEC §5's guided filter, a row
+                      "<model>+guided"), with ``radius`` and ``eps``.
     """
 
     models: tuple[str, ...]
@@ -203,10 +213,17 @@ class ColorizeEvalConfig:
     embedder_weights: str | None = None
     grid_height: int = 160
     progress: bool = True
+    refine: tuple[str, ...] = ("none",)
+    radius: int = DEFAULT_RADIUS
+    eps: float = DEFAULT_EPS
 
     def __post_init__(self):
         if not self.models:
             raise ValueError("at least one model is needed")
+        object.__setattr__(self, "refine", tuple(dict.fromkeys(self.refine)))
+        if not self.refine or not set(self.refine) <= set(REFINES):
+            raise ValueError(f"refine must be a non-empty subset of {REFINES}, "
+                             f"got {self.refine}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
         if not self.saturation >= 0:
@@ -431,6 +448,20 @@ def colorize_report(
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class _Refined:
+    """A colorizer whose outputs go through one chroma refinement (a report row)."""
+
+    colorizer: Colorizer
+    refine: str
+    radius: int
+    eps: float
+
+    def colorize(self, image, *, saturation):
+        return self.colorizer.colorize(image, saturation=saturation, refine=self.refine,
+                                       radius=self.radius, eps=self.eps)
+
+
 def evaluate_colorize(config: ColorizeEvalConfig) -> dict:
     """The colorize task: loads the models, runs :func:`colorize_report`, writes the outputs.
 
@@ -450,10 +481,12 @@ def evaluate_colorize(config: ColorizeEvalConfig) -> dict:
     if not paths:
         raise NoUsableImagesError(f"no image files in {config.images}")
     names = model_names(config.models)
-    colorizers = {
-        name: Colorizer.load(path, embedder_weights=config.embedder_weights)
-        for name, path in zip(names, config.models, strict=True)
-    }
+    colorizers = {}
+    for name, path in zip(names, config.models, strict=True):
+        colorizer = Colorizer.load(path, embedder_weights=config.embedder_weights)
+        for refine in config.refine:
+            key = name if refine == "none" else f"{name}+{refine}"
+            colorizers[key] = _Refined(colorizer, refine, config.radius, config.eps)
 
     height = config.grid_height
     rows: list[list[np.ndarray]] = []
@@ -470,7 +503,9 @@ def evaluate_colorize(config: ColorizeEvalConfig) -> dict:
     report = _with_run_keys(
         result, config.images,
         models={name: os.path.abspath(p) for name, p in zip(names, config.models, strict=True)},
-        embedder_weights=config.embedder_weights, grid_height=config.grid_height)
+        embedder_weights=config.embedder_weights, grid_height=config.grid_height,
+        refine=list(config.refine),
+        **({"radius": config.radius, "eps": config.eps} if "guided" in config.refine else {}))
     _write_outputs(config.output_dir, report, colorize_markdown(report),
                    {GRID_PNG: make_grid(rows, height=height)})
     return report
@@ -1242,6 +1277,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("embedder_weights", None,
                         "colorize: override the embedder weights recorded in the models "
                         "(imagenet, none or a local weights file).", flag_values=fv)
+    flags.DEFINE_multi_enum("refine", ["none"], list(REFINES),
+                            "colorize: report every model with this chroma refinement; repeat "
+                            "(--refine=none --refine=guided) for rows with and without the "
+                            "guided filter (SPEC §5).", flag_values=fv)
+    flags.DEFINE_integer("radius", DEFAULT_RADIUS, "colorize: guided-filter radius (SPEC §5: "
+                         "40).", lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("eps", DEFAULT_EPS, "colorize: guided-filter ε (SPEC §5: 1e-4).",
+                       lower_bound=0.0, flag_values=fv)
     flags.DEFINE_integer("grid_height", 160, "Height in pixels of each grid.png cell.",
                          lower_bound=8, flag_values=fv)
     flags.DEFINE_integer("scale", None, "sr (required): the upscaling factor; every model "
@@ -1262,7 +1305,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 # The flags each task's flags.txt records, in order.
 _TASK_FLAG_NAMES = {
     "colorize": ("task", "model", "images", "output_dir", "max_images", "saturation",
-                 "embedder_weights", "grid_height", "progress"),
+                 "embedder_weights", "grid_height", "refine", "radius", "eps", "progress"),
     "sr": ("task", "model", "images", "scale", "output_dir", "max_images", "crop_size",
            "progress"),
     "codec": ("task", "model", "images", "output_dir", "max_images", "jpeg_quality",
@@ -1276,7 +1319,7 @@ def _colorize_config(fv: flags.FlagValues = FLAGS) -> ColorizeEvalConfig:
         output_dir=fv.output_dir or os.path.join("runs", "eval", "colorize"),
         max_images=fv.max_images, saturation=fv.saturation,
         embedder_weights=fv.embedder_weights, grid_height=fv.grid_height,
-        progress=fv.progress)
+        progress=fv.progress, refine=tuple(fv.refine), radius=fv.radius, eps=fv.eps)
 
 
 def _sr_config(fv: flags.FlagValues = FLAGS) -> SREvalConfig:

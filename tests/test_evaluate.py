@@ -249,3 +249,27 @@ def test_cli_missing_model_is_a_one_line_error(photos, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: model file not found: {tmp_path / 'nope.keras'}"]
     assert "Traceback" not in proc.stderr
+
+
+def test_every_koala_colorizer_in_one_table_with_and_without_guided_refinement(
+        photos, model_path, tmp_path):
+    """A fusion model and a ColorGAN side by side, each raw and refined (SPEC §5), with the
+    gray baseline: one table."""
+    from koala.models.colorgan import colorgan_small
+
+    gan_path = tmp_path / "gan.keras"
+    colorgan_small(image_size=32).save(gan_path)
+    out = tmp_path / "out"
+    config = evaluate.ColorizeEvalConfig(
+        models=(str(model_path), str(gan_path)), images=str(photos), output_dir=str(out),
+        grid_height=20, progress=False, refine=("none", "guided"), radius=4)
+    result = evaluate.evaluate_colorize(config)
+    assert result["methods"] == ["gray", "tiny", "tiny+guided", "gan", "gan+guided"]
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["refine"] == ["none", "guided"] and data["radius"] == 4
+    # The refinement changes the outputs (the random model's chroma is blotchy).
+    assert data["mean"]["tiny"]["delta_e00"] != data["mean"]["tiny+guided"]["delta_e00"]
+    assert "| image | gray | tiny | tiny+guided | gan | gan+guided |" in (
+        out / "metrics.md").read_text()
+    with pytest.raises(ValueError, match="refine"):
+        evaluate.ColorizeEvalConfig(models=("m",), images="x", refine=("blur",))
