@@ -52,7 +52,7 @@ from koala import batch, color, geometry, guided, images, models
 from koala import grid as grid_lib
 from koala.embedder import Embedder
 from koala.errors import KoalaError
-from koala.models import colorgan, fusion
+from koala.models import colorgan, fusion, lal
 from koala.models.colorgan import ColorGANConfig
 from koala.models.fusion import FusionConfig
 
@@ -224,8 +224,8 @@ class Colorizer:
           KoalaError: the file is missing, is not a loadable Keras model, or is not a koala
             fusion colorizer; WeightsError when the embedder's weights can't be loaded.
         """
-        model = models.load(path, (fusion.FusionColorizer, colorgan.ColorGAN),
-                            "a koala colorizer (fusion or ColorGAN)")
+        model = models.load(path, (fusion.FusionColorizer, colorgan.ColorGAN, lal.LalColorizer),
+                            "a koala colorizer (fusion, Lal et al. or ColorGAN)")
         return cls(model, embedder_weights=embedder_weights)
 
     def predict_ab(self, rgb, *, refine: str = "none", radius: int = DEFAULT_RADIUS,

@@ -44,7 +44,7 @@ from koala import bin_prior, color, colorbins, distributed, grid
 from koala import optimizers as optimizers_lib
 from koala.data import pipelines, records
 from koala.errors import KoalaError
-from koala.models import codec, colorgan, fusion, sr
+from koala.models import codec, colorgan, fusion, lal, sr
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class TrainConfig:
              f"sr_channels must be one of {pipelines.SR_CHANNELS}"),
             (self.head in fusion.HEADS, f"head must be one of {fusion.HEADS}"),
             (self.head == "regression"
-             or getattr(MODELS.get(self.model), "task", None) == "colorize",
+             or getattr(MODELS.get(self.model), "task", None) in ("colorize", "lal"),
              "head=classification needs a fusion model"),
             (self.temperature > 0, "temperature must be > 0"),
             (0 <= self.rebalance_lambda <= 1, "rebalance_lambda must be in [0, 1]"),
@@ -173,6 +173,15 @@ def _fusion_kwargs(cfg: TrainConfig, recs: records.RecordSet) -> dict:
     kwargs.update(head=cfg.head, temperature=cfg.temperature)
     if cfg.head == "classification":
         kwargs.update(_class_weights(cfg))
+    return kwargs
+
+
+def _lal_kwargs(cfg: TrainConfig, recs: records.RecordSet) -> dict:
+    """Lal et al.'s colorizer: the fusion settings, always with the classification head (its
+    bins and weights from the records' ab prior, whatever --head says)."""
+    kwargs = _fusion_kwargs(dataclasses.replace(cfg, head="regression"), recs)
+    kwargs.pop("head")
+    kwargs.update(_class_weights(cfg))
     return kwargs
 
 
@@ -260,6 +269,8 @@ MODELS = {
     "codec_small": _codec(codec.codec_small),
     "colorgan": _colorgan(colorgan.colorgan),
     "colorgan_small": _colorgan(colorgan.colorgan_small),
+    "lal": ModelSpec(lambda c, r: lal.lal(**_lal_kwargs(c, r)), "lal"),
+    "lal_small": ModelSpec(lambda c, r: lal.lal_small(**_lal_kwargs(c, r)), "lal"),
 }
 
 
@@ -477,6 +488,16 @@ def _colorgan_compile(cfg: TrainConfig, model, optimizer) -> None:
                   jit_compile=cfg.jit_compile)
 
 
+def _lal_compile(cfg: TrainConfig, model, optimizer) -> None:
+    """WGAN-GP's Adam (0.5, 0.9) for the generator and the critic at --learning_rate;
+    --optimizer does not apply (koala/models/lal.py)."""
+    del optimizer
+    model.compile(
+        g_optimizer=keras.optimizers.Adam(cfg.learning_rate, beta_1=0.5, beta_2=0.9),
+        d_optimizer=keras.optimizers.Adam(cfg.learning_rate, beta_1=0.5, beta_2=0.9),
+        jit_compile=cfg.jit_compile)
+
+
 class CriticLearningRate(keras.callbacks.Callback):
     """Keeps the critic's learning rate at ``ratio`` times the generator's, whose rate the
     LearningRateScheduler sets each epoch (it only knows ``model.optimizer``)."""
@@ -504,6 +525,11 @@ TASKS = {
     "colorgan": {"datasets": _colorize_datasets, "loss": None, "images": ColorGANImages,
                  "prepare": _attach_perceptual, "compile": _colorgan_compile,
                  "callbacks": lambda cfg: [CriticLearningRate(2.0)], "monitor": "l1"},
+    # Lal et al.: the classification colorizer plus a WGAN critic (koala/models/lal.py);
+    # checkpoints follow the validation cross-entropy (the adversarial term swings).
+    "lal": {"datasets": _colorize_datasets, "loss": None, "images": ColorizeImages,
+            "compile": _lal_compile, "callbacks": lambda cfg: [CriticLearningRate(1.0)],
+            "monitor": "class_ce"},
 }
 
 
@@ -739,7 +765,8 @@ def _train(cfg: TrainConfig, strategy, workdir: str, flags_text, extra_callbacks
             "keras": keras.__version__, "python": platform.python_version(),
             "devices": [d.name for d in tf.config.list_logical_devices()],
             "replicas": strategy.num_replicas_in_sync,
-            **({"ab_prior": ab_prior_path(cfg)} if cfg.head == "classification" else {}),
+            **({"ab_prior": ab_prior_path(cfg)}
+               if cfg.head == "classification" or spec.task == "lal" else {}),
         })
         monitor = task.get("monitor", "loss")
         monitor = f"val_{monitor}" if val_ds is not None else monitor

@@ -16,6 +16,7 @@ from koala.models import (
     codec,  # noqa: F401  (registers InvertibleGrayscale)
     colorgan,  # noqa: F401  (registers ColorGenerator, ColorGAN)
     fusion,  # noqa: F401  (registers FusionLayer, FusionColorizer)
+    lal,  # noqa: F401  (registers LalColorizer)
     sr,  # noqa: F401  (registers SRCNN, FSRCNN, SRAutoencoder)
 )
 

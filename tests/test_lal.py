@@ -1,0 +1,297 @@
+"""Lal et al.'s adversarial colorization with classification (koala.models.lal): sizes,
+the colorize tool, serialisation, gradients, training, and the unbuilt semantic loss."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import smooth_image
+
+import koala  # noqa: F401  (registers the models, as a user's `import koala` does)
+from koala import color
+from koala.colorize import Colorizer, colorize
+from koala.models import colorgan
+from koala.models import lal as L
+from koala.models.fusion import FusionConfig, num_bins, parameter_count_from_table
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SIZE = 32
+EMBED = 16
+Q = num_bins()
+
+
+def small(**kw):
+    return L.lal_small(**{"image_size": SIZE, "embedding_dim": EMBED, **kw})
+
+
+def batch(n=2, seed=0, dim=EMBED):
+    """({"l", "embedding"}, ab): l in [-1, 1], a softmax-like embedding, ab in [-0.5, 0.5]."""
+    rng = np.random.default_rng(seed)
+    emb = rng.random((n, dim)).astype(np.float32)
+    x = {"l": rng.uniform(-1, 1, (n, SIZE, SIZE, 1)).astype(np.float32),
+         "embedding": emb / emb.sum(-1, keepdims=True)}
+    return x, rng.uniform(-0.5, 0.5, (n, SIZE, SIZE, 2)).astype(np.float32)
+
+
+def dataset(n=4, seed=0):
+    x, ab = batch(n, seed)
+    return tf.data.Dataset.from_tensor_slices((x, ab)).batch(2)
+
+
+# --- sizes and shapes ----------------------------------------------------------------------
+
+
+def test_parameter_counts():
+    # From the module docstring: the fusion table (classification head) + ColorGAN's critic.
+    paper = L.lal()
+    assert paper.generator.count_params() == 6_651_494 == parameter_count_from_table(
+        paper.config)
+    assert paper.critic.count_params() == 2_766_528
+    assert paper.count_params() == 9_418_022
+    tiny = L.lal_small()
+    assert tiny.config.image_size == 64 and tiny.lal_config.critic_widths == (16, 32, 64)
+    assert tiny.generator.count_params() == 141_074 == parameter_count_from_table(tiny.config)
+    assert tiny.critic.count_params() == 43_056
+
+
+def test_shapes_and_config():
+    model = small()
+    assert isinstance(model.config, FusionConfig) and model.config.head == "classification"
+    assert model.lal_config == L.LalConfig(critic_widths=(16, 32, 64))
+    assert (model.lal_config.colorization_weight, model.lal_config.semantic_weight,
+            model.lal_config.adversarial_weight, model.lal_config.gp_weight,
+            model.lal_config.n_critic) == (1.0, 0.0, 0.1, 10.0, 1)
+    x, ab = batch()
+    out = model(x)
+    assert out.shape == (2, SIZE, SIZE, 2) and out.dtype == tf.float32
+    assert float(tf.reduce_max(tf.abs(out))) <= 1.0
+    probs, decoded = model.classify(x)
+    assert probs.shape == (2, SIZE // 2, SIZE // 2, Q)
+    np.testing.assert_allclose(decoded.numpy(), out.numpy(), atol=1e-6)
+    np.testing.assert_allclose(model.predict(x, verbose=0), out.numpy(), atol=1e-6)
+    # The critic sees the prediction's grid, S/2 (x 1/4 more for the small critic).
+    lab = tf.concat([L._pool(x["l"]), L._pool(ab)], -1)
+    assert model.critic(lab).shape == (2, SIZE // 8, SIZE // 8, 1)
+
+
+def test_config_checks():
+    for bad in ({"head": "regression"}, {"critic_norm": "batch"}, {"n_critic": 0},
+                {"adversarial_weight": -1.0}, {"critic_widths": (16,)}, {"image_size": 30}):
+        with pytest.raises(ValueError):
+            small(**bad)
+    with pytest.raises(TypeError):
+        small(perceptual_weight=1.0)  # not a field of either config
+    assert small(head="classification").config.head == "classification"
+
+
+def test_semantic_weight_is_not_implemented():
+    with pytest.raises(NotImplementedError, match="class head.*semantic_weight=0"):
+        small(semantic_weight=0.5)
+    with pytest.raises(NotImplementedError, match="L_cl"):
+        L.LalConfig(semantic_weight=1.0)
+
+
+# --- the colorize tool -----------------------------------------------------------------------
+
+
+def test_colorizer_uses_the_generator(mobilenet_none):
+    model = L.lal_small(image_size=SIZE)  # embedding_dim 1000, MobileNet's softmax
+    rgb = smooth_image(SIZE, SIZE, seed=7)  # already S x S: no padding, no resize
+    l = color.normalize_l(color.srgb_to_lab(rgb / 255.0)[..., :1]).numpy()[None]
+    inputs = {"l": l.astype(np.float32),
+              "embedding": mobilenet_none.embed(mobilenet_none.fit(rgb)[None])}
+    # Fresh weights give nearly uniform bin probabilities, so a flat ab: scale the logits
+    # conv (zero bias) to logits of about +-20, so that the prediction varies over the image
+    # and a mix-up of inputs could not hide under the tolerance.
+    logits = model.generator.get_layer("dec_logits")
+    kernel, bias = logits.get_weights()
+    peak = np.abs(keras.Model(model.generator.inputs, logits.output)(inputs).numpy()).max()
+    logits.set_weights([kernel * (20.0 / peak), bias])
+    expected = model(inputs).numpy()[0] * 128
+    assert expected.std(axis=(0, 1)).min() > 2
+    colorizer = Colorizer(model, mobilenet_none)
+    assert not colorizer.is_gan and colorizer.image_size == SIZE
+    np.testing.assert_allclose(colorizer.predict_ab(rgb), expected, rtol=1e-4, atol=1e-2)
+    out = colorize(model, smooth_image(24, 40, seed=3), embedder=mobilenet_none)
+    assert out.shape == (24, 40, 3) and out.dtype == np.uint8
+
+
+# --- serialisation ---------------------------------------------------------------------------
+
+
+def test_save_and_load_with_both_optimizers(tmp_path):
+    keras.utils.set_random_seed(4)
+    model = small()
+    model.compile(run_eagerly=True)  # defaults: WGAN-GP's Adam pair; no tracing: fast
+    x, ab = batch()
+    model.train_on_batch(x, ab)
+    path = tmp_path / "lal.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, L.LalColorizer)
+    assert loaded.config == model.config and loaded.lal_config == model.lal_config
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+    lab = np.concatenate([x["l"], ab], -1)
+    np.testing.assert_allclose(loaded.critic(lab).numpy(), model.critic(lab).numpy(), atol=1e-6)
+    # Both optimizers come back with their settings and state (a resumed run continues them).
+    assert int(loaded.optimizer.iterations) == 1 == int(loaded.d_optimizer.iterations)
+    for opt in (loaded.optimizer, loaded.d_optimizer):
+        assert opt.learning_rate.numpy() == pytest.approx(1e-4)
+        assert (opt.beta_1, opt.beta_2) == (0.5, 0.9)
+    for before, after in zip(model.d_optimizer.variables, loaded.d_optimizer.variables,
+                             strict=True):
+        np.testing.assert_allclose(after.numpy(), before.numpy())
+    # get_config is JSON-friendly and round-trips.
+    config = model.get_config()
+    assert isinstance(config["critic_widths"], list) and "head" not in config
+    assert L.LalColorizer.from_config(config).lal_config == model.lal_config
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+
+def nonzero_gradients(loss_fn, variables):
+    with tf.GradientTape() as tape:
+        loss = loss_fn()
+    grads = tape.gradient(loss, variables)
+    for var, grad in zip(variables, grads, strict=True):
+        assert grad is not None, var.path
+        assert np.all(np.isfinite(grad)) and np.any(grad.numpy() != 0), var.path
+    return loss
+
+
+def test_every_trainable_weight_gets_a_gradient():
+    keras.utils.set_random_seed(1)
+    model = small()
+    x, ab = batch(seed=3)
+    g_vars = model.generator.trainable_variables
+    assert len(g_vars) == len(model.generator.trainable_weights) > 0
+
+    def g_loss():
+        terms, loss = model.generator_terms(x, ab)
+        expected = terms["class_ce"] + 0.1 * terms["g_adv"]
+        np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+        return loss
+
+    nonzero_gradients(g_loss, g_vars)
+    # The adversarial term alone reaches the generator too (through the annealed mean).
+    nonzero_gradients(lambda: model.generator_terms(x, ab)[0]["g_adv"], g_vars)
+    fake = model(x, training=True)
+    epsilon = tf.fill((2, 1, 1, 1), 0.3)
+    critic_vars = model.critic.trainable_variables
+    nonzero_gradients(lambda: model.critic_terms(x["l"], ab, fake, epsilon)[1], critic_vars)
+    # The penalty alone reaches every kernel (a second-order gradient).
+    kernels = [v for v in critic_vars if "kernel" in v.path]
+    nonzero_gradients(lambda: colorgan.gradient_penalty(
+        model.critic, L._pool(x["l"]), L._pool(ab), L._pool(fake), epsilon), kernels)
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def test_two_fit_steps_log_every_term():
+    keras.utils.set_random_seed(5)
+    model = small()
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))  # the trainer's generic call
+    assert isinstance(model.d_optimizer, keras.optimizers.Adam)
+    critic_before = [v.numpy() for v in model.critic.trainable_variables]
+    generator_before = [v.numpy() for v in model.generator.trainable_variables]
+    history = model.fit(dataset(4), epochs=1, validation_data=dataset(2, seed=9), verbose=0,
+                        shuffle=False).history
+    for term in L.TERMS:
+        assert np.isfinite(history[term][0]), term
+    for term in L.TEST_TERMS:
+        assert np.isfinite(history["val_" + term][0]), term
+    assert "val_d_loss" not in history
+    assert history["class_ce"][0] > 0 and history["gp"][0] > 0 and history["ab_mse"][0] > 0
+    # Epoch means of a linear combination with fixed weights.
+    assert history["loss"][0] == pytest.approx(
+        history["class_ce"][0] + 0.1 * history["g_adv"][0], rel=1e-4, abs=1e-5)
+    assert int(model.optimizer.iterations) == 2 == int(model.d_optimizer.iterations)
+    for before, variables in ((critic_before, model.critic.trainable_variables),
+                              (generator_before, model.generator.trainable_variables)):
+        assert all(np.any(v.numpy() != b) for v, b in zip(variables, before, strict=True))
+
+
+def test_n_critic_and_compile_errors():
+    model = small(n_critic=2)
+    model.compile(run_eagerly=True)
+    model.train_on_batch(*batch())
+    assert int(model.d_optimizer.iterations) == 2 and int(model.optimizer.iterations) == 1
+    with pytest.raises(ValueError, match="loss=None"):
+        model.compile(loss="mse")
+    adam = keras.optimizers.Adam()
+    with pytest.raises(ValueError, match="two optimizer"):
+        model.compile(adam, adam)
+
+
+def test_mixed_float16_wraps_both_optimizers():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = small()
+        model.compile(run_eagerly=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.critic.get_layer("c1").compute_dtype == "float16"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.d_optimizer, keras.optimizers.LossScaleOptimizer)
+    logs = model.train_on_batch(*batch(), return_dict=True)
+    assert all(np.isfinite(logs[t]) for t in L.TERMS)
+
+
+PARITY = """
+import json, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from koala import distributed
+from koala.models import lal
+
+rng = np.random.default_rng(0)
+x = {"l": rng.uniform(-1, 1, (4, 32, 32, 1)).astype("float32"),
+     "embedding": rng.random((4, 16)).astype("float32")}
+ab = rng.uniform(-0.6, 0.6, (4, 32, 32, 2)).astype("float32")
+# No BN (per-replica batch statistics) and no GP (per-replica ε): the rest must match.
+kw = dict(image_size=32, embedding_dim=16, batch_norm=False, gp_weight=0.0)
+data = tf.data.Dataset.from_tensor_slices((x, ab)).batch(4)
+keras.utils.set_random_seed(0)
+single = lal.lal_small(**kw)
+initial = single.get_weights()
+single.compile(keras.optimizers.SGD(0.1), keras.optimizers.SGD(0.1))
+loss = single.fit(data, epochs=1, verbose=0).history
+strategy = tf.distribute.MirroredStrategy()
+with strategy.scope():
+    mirrored = lal.lal_small(**kw)
+    mirrored.set_weights(initial)
+    mirrored.compile(keras.optimizers.SGD(0.1), keras.optimizers.SGD(0.1))
+history = distributed.fit(mirrored, strategy.experimental_distribute_dataset(data.repeat()),
+                          strategy=strategy, epochs=1, steps_per_epoch=1, verbose=0)
+pairs = list(zip(single.get_weights(), mirrored.get_weights(), initial))
+print("RESULT", json.dumps({
+    "replicas": strategy.num_replicas_in_sync, "loss": loss["loss"][0], "d": loss["d_loss"][0],
+    "mirrored_loss": history.history["loss"][0], "md": history.history["d_loss"][0],
+    "diff": max(float(np.abs(s - m).max()) for s, m, _ in pairs),
+    "moved": max(float(np.abs(s - i).max()) for s, _, i in pairs)}))
+"""
+
+
+def test_mirrored_step_matches_single_device():
+    # 2 replicas x 2 examples through distributed.fit must update both networks as one step
+    # on the 4 examples (losses divided by the replicas). BatchNorm (per-replica statistics)
+    # and the GP (per-replica ε) are off, so the rest must match exactly.
+    proc = subprocess.run([sys.executable, "-c", PARITY], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert result["replicas"] == 2
+    np.testing.assert_allclose(result["mirrored_loss"], result["loss"], rtol=1e-5)
+    np.testing.assert_allclose(result["md"], result["d"], rtol=1e-4, atol=1e-6)
+    assert result["moved"] > 1e-4
+    assert result["diff"] < 1e-3 * result["moved"], result

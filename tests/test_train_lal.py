@@ -1,0 +1,38 @@
+"""Lal et al.'s colorizer through koala.train (smoke flagfile), koala.colorize and evaluate."""
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_train import REPO, _cli, log_epochs, records  # noqa: F401 (fixture)
+
+from koala import colorize
+from koala.models.lal import LalColorizer
+
+
+@pytest.fixture(scope="module")
+def trained(records, tmp_path_factory):  # noqa: F811
+    proc = subprocess.run([sys.executable, "data_prep/bin_prior.py", f"--records={records}",
+                           "--noprogress"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    workdir = tmp_path_factory.mktemp("lal") / "run"
+    proc = _cli("--flagfile=experiments/smoke_lal.flags", f"--train_records={records}",
+                f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_smoke_flagfile_trains_and_the_model_colorizes(trained):
+    assert log_epochs(trained) == [0, 1]
+    with open(trained / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for term in ("loss", "class_ce", "g_adv", "d_loss", "gp", "ab_mse", "val_class_ce"):
+        assert all(np.isfinite(float(r[term])) for r in rows), term
+    colorizer = colorize.Colorizer.load(trained / "last.keras")
+    assert isinstance(colorizer.model, LalColorizer)
+    assert colorizer.model.config.class_weights is not None  # from the records' prior
+    out = colorizer.colorize(np.zeros((20, 28), np.uint8) + 128)
+    assert out.shape == (20, 28, 3)
