@@ -554,8 +554,57 @@ def _inner(optimizer):
     return optimizer
 
 
+class TwoOptimizers:
+    """``compile`` with a generator and a critic optimizer, for Keras models that train two
+    players in their own ``train_step`` (ColorGAN; Lal et al. in :mod:`koala.models.lal`).
+
+    The generator's optimizer becomes ``self.optimizer`` (Keras' own, so LearningRateScheduler,
+    saving and mixed-precision wrapping apply to it), the critic's ``self.d_optimizer``.
+    Missing ones come from the class's ``default_optimizers()``; ``optimizer`` is an alias of
+    ``g_optimizer``; ``loss`` must be None (the losses are the model's own). Both optimizers
+    are built at compile time, each on its own variables (``generator_variables``,
+    ``critic.trainable_variables``), and both are saved and restored with the model.
+    """
+
+    def compile(self, g_optimizer=None, d_optimizer=None, *, optimizer=None, loss=None,
+                **kwargs):
+        if loss is not None:
+            raise ValueError(f"{self.name} computes its own losses; compile it with loss=None")
+        if g_optimizer is not None and optimizer is not None:
+            raise ValueError("pass g_optimizer or optimizer, not both")
+        g_optimizer = g_optimizer if g_optimizer is not None else optimizer
+        default_g, default_d = self.default_optimizers()
+        g_optimizer = keras.optimizers.get(g_optimizer if g_optimizer is not None else default_g)
+        d_optimizer = keras.optimizers.get(d_optimizer if d_optimizer is not None else default_d)
+        if _inner(g_optimizer) is _inner(d_optimizer):
+            raise ValueError("the generator and the critic need two optimizer instances")
+        super().compile(optimizer=g_optimizer, **kwargs)
+        # Keras wraps only self.optimizer under mixed_float16: wrap the critic's the same way.
+        if (kwargs.get("auto_scale_loss", True) and self.dtype_policy.name == "mixed_float16"
+                and not isinstance(d_optimizer, keras.optimizers.LossScaleOptimizer)):
+            d_optimizer = keras.optimizers.LossScaleOptimizer(
+                d_optimizer, name="d_loss_scale_optimizer")
+        self.d_optimizer = d_optimizer
+        self.optimizer.build(self.generator_variables)
+        self.d_optimizer.build(self.critic.trainable_variables)
+
+    @property
+    def g_optimizer(self):
+        return self.optimizer
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return {}
+        return {"g_optimizer": keras.saving.serialize_keras_object(_inner(self.optimizer)),
+                "d_optimizer": keras.saving.serialize_keras_object(_inner(self.d_optimizer))}
+
+    def compile_from_config(self, config):
+        self.compile(g_optimizer=keras.saving.deserialize_keras_object(config["g_optimizer"]),
+                     d_optimizer=keras.saving.deserialize_keras_object(config["d_optimizer"]))
+
+
 @keras.saving.register_keras_serializable(package="koala")
-class ColorGAN(keras.Model):
+class ColorGAN(TwoOptimizers, keras.Model):
     """Generator + PatchGAN critic, trained as a WGAN-GP with the losses of SPEC §4.
 
     ``model(l)`` or ``model({"l": l, ...})`` returns the generator's ab (fresh noise);
@@ -658,48 +707,7 @@ class ColorGAN(keras.Model):
                 f"weights to 0.")
         return tf.cast(net(rgb, training=False), tf.float32)
 
-    # -- compile -----------------------------------------------------------------------
-
-    def compile(self, g_optimizer=None, d_optimizer=None, *, optimizer=None, loss=None,
-                **kwargs):
-        """Two optimizers: the generator's becomes ``self.optimizer`` (Keras' own, so
-        LearningRateScheduler, saving and mixed-precision wrapping apply to it), the
-        critic's ``self.d_optimizer``. Missing ones come from :func:`default_optimizers`.
-        ``optimizer`` is an alias of ``g_optimizer``; ``loss`` must be None (the losses are
-        the model's own). Both optimizers are built here, each on its own variables."""
-        if loss is not None:
-            raise ValueError(f"{self.name} computes its own losses; compile it with loss=None")
-        if g_optimizer is not None and optimizer is not None:
-            raise ValueError("pass g_optimizer or optimizer, not both")
-        g_optimizer = g_optimizer if g_optimizer is not None else optimizer
-        default_g, default_d = default_optimizers()
-        g_optimizer = keras.optimizers.get(g_optimizer if g_optimizer is not None else default_g)
-        d_optimizer = keras.optimizers.get(d_optimizer if d_optimizer is not None else default_d)
-        if _inner(g_optimizer) is _inner(d_optimizer):
-            raise ValueError("the generator and the critic need two optimizer instances")
-        super().compile(optimizer=g_optimizer, **kwargs)
-        # Keras wraps only self.optimizer under mixed_float16: wrap the critic's the same way.
-        if (kwargs.get("auto_scale_loss", True) and self.dtype_policy.name == "mixed_float16"
-                and not isinstance(d_optimizer, keras.optimizers.LossScaleOptimizer)):
-            d_optimizer = keras.optimizers.LossScaleOptimizer(
-                d_optimizer, name="d_loss_scale_optimizer")
-        self.d_optimizer = d_optimizer
-        self.optimizer.build(self.generator_variables)
-        self.d_optimizer.build(self.critic.trainable_variables)
-
-    @property
-    def g_optimizer(self):
-        return self.optimizer
-
-    def get_compile_config(self):
-        if not self.compiled:
-            return {}
-        return {"g_optimizer": keras.saving.serialize_keras_object(_inner(self.optimizer)),
-                "d_optimizer": keras.saving.serialize_keras_object(_inner(self.d_optimizer))}
-
-    def compile_from_config(self, config):
-        self.compile(g_optimizer=keras.saving.deserialize_keras_object(config["g_optimizer"]),
-                     d_optimizer=keras.saving.deserialize_keras_object(config["d_optimizer"]))
+    default_optimizers = staticmethod(default_optimizers)
 
     @property
     def generator_variables(self):

@@ -177,7 +177,7 @@ def _unpack(data):
 
 
 @keras.saving.register_keras_serializable(package="koala")
-class LalColorizer(keras.Model):
+class LalColorizer(colorgan.TwoOptimizers, keras.Model):
     """A classification fusion colorizer (``generator``) and a PatchGAN (``critic``),
     trained with the objective of SPEC §5 (see the module docstring).
 
@@ -240,51 +240,13 @@ class LalColorizer(keras.Model):
     def from_config(cls, config):
         return cls(**config)
 
-    # -- compile -----------------------------------------------------------------------
+    # -- compile (colorgan.TwoOptimizers) ------------------------------------------------
 
-    def compile(self, g_optimizer=None, d_optimizer=None, *, optimizer=None, loss=None,
-                **kwargs):
-        """Two optimizers: the generator's becomes ``self.optimizer`` (Keras' own, so
-        LearningRateScheduler, saving and mixed-precision wrapping apply to it), the
-        critic's ``self.d_optimizer``. Missing ones come from :func:`default_optimizers`.
-        ``optimizer`` is an alias of ``g_optimizer``; ``loss`` must be None (the losses are
-        the model's own). Both optimizers are built here, each on its own variables."""
-        if loss is not None:
-            raise ValueError(f"{self.name} computes its own losses; compile it with loss=None")
-        if g_optimizer is not None and optimizer is not None:
-            raise ValueError("pass g_optimizer or optimizer, not both")
-        g_optimizer = g_optimizer if g_optimizer is not None else optimizer
-        default_g, default_d = default_optimizers()
-        g_optimizer = keras.optimizers.get(g_optimizer if g_optimizer is not None else default_g)
-        d_optimizer = keras.optimizers.get(d_optimizer if d_optimizer is not None else default_d)
-        if colorgan._inner(g_optimizer) is colorgan._inner(d_optimizer):
-            raise ValueError("the generator and the critic need two optimizer instances")
-        super().compile(optimizer=g_optimizer, **kwargs)
-        # Keras wraps only self.optimizer under mixed_float16: wrap the critic's the same way.
-        if (kwargs.get("auto_scale_loss", True) and self.dtype_policy.name == "mixed_float16"
-                and not isinstance(d_optimizer, keras.optimizers.LossScaleOptimizer)):
-            d_optimizer = keras.optimizers.LossScaleOptimizer(
-                d_optimizer, name="d_loss_scale_optimizer")
-        self.d_optimizer = d_optimizer
-        self.optimizer.build(self.generator.trainable_variables)
-        self.d_optimizer.build(self.critic.trainable_variables)
+    default_optimizers = staticmethod(default_optimizers)
 
     @property
-    def g_optimizer(self):
-        return self.optimizer
-
-    def get_compile_config(self):
-        if not self.compiled:
-            return {}
-        return {
-            "g_optimizer": keras.saving.serialize_keras_object(colorgan._inner(self.optimizer)),
-            "d_optimizer": keras.saving.serialize_keras_object(
-                colorgan._inner(self.d_optimizer)),
-        }
-
-    def compile_from_config(self, config):
-        self.compile(g_optimizer=keras.saving.deserialize_keras_object(config["g_optimizer"]),
-                     d_optimizer=keras.saving.deserialize_keras_object(config["d_optimizer"]))
+    def generator_variables(self):
+        return self.generator.trainable_variables
 
     # -- losses ------------------------------------------------------------------------
 
