@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 
 import keras
@@ -65,6 +66,21 @@ def cluster_spec() -> dict:
     if task.get("type") == "worker" and not 0 <= index < len(workers):
         raise KoalaError(f"TF_CONFIG task index {index} is outside the {len(workers)} workers")
     return config
+
+
+def local_tf_configs(workers: int) -> list[str]:
+    """TF_CONFIG values for ``workers`` worker processes on this machine (127.0.0.1, free
+    ports picked by the OS), for tests and benchmarks; index i is worker i."""
+    sockets = [socket.socket() for _ in range(workers)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        cluster = {"worker": [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]}
+    finally:
+        for sock in sockets:
+            sock.close()
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            for i in range(workers)]
 
 
 def strategy(timeout_s: float = 120.0) -> tf.distribute.MultiWorkerMirroredStrategy:

@@ -252,9 +252,9 @@ def test_load_and_construction_errors(tmp_path, mobilenet_none):
         Colorizer.load(tmp_path / "junk.keras")
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     other.save(tmp_path / "other.keras")
-    with pytest.raises(KoalaError, match="not a koala fusion colorizer"):
+    with pytest.raises(KoalaError, match="not a koala colorizer"):
         Colorizer.load(tmp_path / "other.keras")
-    with pytest.raises(KoalaError, match="not a koala fusion colorizer"):
+    with pytest.raises(KoalaError, match="not a koala colorizer"):
         Colorizer(other, mobilenet_none)
     with pytest.raises(KoalaError, match="1000-d embeddings but the model expects"):
         Colorizer(fusion_small(**{**SMALL, "embedding_dim": 16}), mobilenet_none)

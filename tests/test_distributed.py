@@ -4,7 +4,6 @@ under MultiWorkerMirroredStrategy (the custom loop in koala/distributed.py)."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -160,23 +159,10 @@ with open(sys.argv[4] + ".json", "w") as f:
 """
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _launch(tmp_path, workdir, records, epochs, tag):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
-    for i in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": i}}))
+    for i, tf_config in enumerate(distributed.local_tf_configs(2)):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)
         out = tmp_path / f"{tag}-w{i}"
         with open(f"{out}.log", "w") as log:  # files, not pipes: a full pipe would block
             proc = subprocess.Popen(
