@@ -1,6 +1,5 @@
 """Invertible Grayscale's loss terms on hand-computed inputs, and the perceptual extractor."""
 
-import os
 
 import keras
 import numpy as np
@@ -11,8 +10,6 @@ from koala import losses, perceptual
 from koala.errors import WeightsError
 
 THETA = 70 / 127
-MOBILENET = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "weights",
-                         "mobilenet_1_0_224_imagenet.weights.h5")
 
 # A 1 x 2 x 2 image whose luma is easy to do by hand: red, green / blue, white.
 RGB = np.array([[[[1, 0, 0], [0, 1, 0]], [[0, 0, 1], [1, 1, 1]]]], np.float32)
@@ -134,17 +131,22 @@ def test_random_vgg19_extractor_shapes_and_frozen():
         perceptual.feature_extractor("resnet", "none")
 
 
-@pytest.mark.skipif(not os.path.isfile(MOBILENET), reason="shared MobileNet weights absent")
-def test_local_mobilenet_file_gives_the_classifiers_own_features():
-    fx = perceptual.feature_extractor("mobilenet", MOBILENET, input_size=224)
-    full = keras.applications.MobileNet(alpha=1.0, weights=MOBILENET)
+def test_mobilenet_weights_file_gives_the_classifiers_own_features(tmp_path):
+    # A weights file like ../shared/weights' (the whole 224 px classifier), made here with
+    # seeded random weights so the test always runs.
+    keras.utils.set_random_seed(3)
+    path = str(tmp_path / "mobilenet_1_0_224.weights.h5")
+    keras.applications.MobileNet(alpha=1.0, weights=None).save_weights(path)
+    fx = perceptual.feature_extractor("mobilenet", path, input_size=224)
+    full = keras.applications.MobileNet(alpha=1.0, weights=path)
     reference = keras.Model(full.input, full.get_layer("conv_pw_5_relu").output)
     x = np.random.default_rng(1).random((1, 224, 224, 3)).astype(np.float32)
     features = fx(x).numpy()
     assert features.shape == (1, 28, 28, 256)
+    assert np.abs(features).max() > 0
     np.testing.assert_allclose(features, reference(x * 2 - 1).numpy(), atol=1e-5)
     # input_size=0: no resize, features follow the input's grid (stride 8).
-    native = perceptual.feature_extractor("mobilenet", MOBILENET, input_size=0)
+    native = perceptual.feature_extractor("mobilenet", path, input_size=0)
     assert native(x[:, :64, :48]).shape == (1, 8, 6, 256)
 
 
