@@ -449,16 +449,6 @@ def load_part(path, part: str) -> keras.Model:
     return select_part(model, part, source=os.fspath(path))
 
 
-def _save_model(model: keras.Model, path: pathlib.Path) -> None:
-    """Saves a ``.keras`` file atomically (a temporary name, then a rename)."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def load_codec(path) -> tuple[keras.Model, keras.Model]:
     """(encoder, decoder) of a saved ``.keras`` file holding a whole InvertibleGrayscale.
 
@@ -493,7 +483,7 @@ def export(path, output_dir) -> dict[str, pathlib.Path]:
     written = {}
     for part, model in halves.items():
         written[part] = output_dir / f"{part}.keras"
-        _save_model(model, written[part])
+        models.save(model, written[part])
     return written
 
 

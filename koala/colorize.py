@@ -433,8 +433,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not pairs:
-        print(f"error: no input images found in {' '.join(inputs)} "
-              f"(extensions: {' '.join(images.IMAGE_EXTENSIONS)})", file=sys.stderr)
+        print(f"error: {batch.no_images_message(inputs)}", file=sys.stderr)
         return 2
     try:
         colorizer = Colorizer.load(FLAGS.model, embedder_weights=FLAGS.embedder_weights)
@@ -462,10 +461,9 @@ def main(argv):
             grid_lib.save_png(out.with_name(out.stem + "_grid.png"),
                               grid_lib.make_grid([_grid_row(loaded, results)], height=height))
 
-    done, failed = batch.process(pairs, handle, desc="colorize", max_pixels=FLAGS.max_pixels,
-                                 progress=FLAGS.progress)
-    print(f"colorized {done}, failed {failed} -> {FLAGS.output_dir}")
-    return 1 if failed else 0
+    return batch.process_and_report(pairs, handle, desc="colorize", done_verb="colorized",
+                                    output_dir=FLAGS.output_dir, max_pixels=FLAGS.max_pixels,
+                                    progress=FLAGS.progress)
 
 
 def run():

@@ -448,6 +448,22 @@ def colorize_report(
     }
 
 
+def _evaluation_inputs(model_files, images_dir) -> list[pathlib.Path]:
+    """Checks that every model file exists, then lists the images to evaluate.
+
+    Raises:
+      KoalaError: a model file or the images folder is missing.
+      NoUsableImagesError: the folder holds no image file.
+    """
+    for path in model_files:
+        if not os.path.isfile(path):
+            raise KoalaError(f"model file not found: {path}")
+    paths = images.find_images(images_dir)  # KoalaError when the folder is missing
+    if not paths:
+        raise NoUsableImagesError(f"no image files in {images_dir}")
+    return paths
+
+
 @dataclasses.dataclass(frozen=True)
 class _Refined:
     """A colorizer whose outputs go through one chroma refinement (a report row)."""
@@ -474,12 +490,7 @@ def evaluate_colorize(config: ColorizeEvalConfig) -> dict:
       KoalaError: a model file or the images folder is missing, or a model doesn't load.
       NoUsableImagesError: no image could be evaluated (nothing is written then).
     """
-    for path in config.models:
-        if not os.path.isfile(path):
-            raise KoalaError(f"model file not found: {path}")
-    paths = images.find_images(config.images)  # KoalaError when the folder is missing
-    if not paths:
-        raise NoUsableImagesError(f"no image files in {config.images}")
+    paths = _evaluation_inputs(config.models, config.images)
     names = model_names(config.models)
     colorizers = {}
     for name, path in zip(names, config.models, strict=True):
@@ -770,12 +781,7 @@ def evaluate_sr(config: SREvalConfig) -> dict:
     """
     from koala.upscale import Upscaler  # keras and the models only when this task runs
 
-    for path in config.models:
-        if not os.path.isfile(path):
-            raise KoalaError(f"model file not found: {path}")
-    paths = images.find_images(config.images)  # KoalaError when the folder is missing
-    if not paths:
-        raise NoUsableImagesError(f"no image files in {config.images}")
+    paths = _evaluation_inputs(config.models, config.images)
     names = model_names(config.models, reserved=_SR_RESERVED_NAMES)
     upscalers = {name: Upscaler.load(path)
                  for name, path in zip(names, config.models, strict=True)}
@@ -967,9 +973,7 @@ def evaluate_codec(config: CodecEvalConfig) -> dict:
       NoUsableImagesError: no image could be evaluated (nothing is written then).
     """
     encoder, decoder = codec_lib.load_codec(config.model)
-    paths = images.find_images(config.images)  # KoalaError when the folder is missing
-    if not paths:
-        raise NoUsableImagesError(f"no image files in {config.images}")
+    paths = _evaluation_inputs((), config.images)
     encoder = codec_lib.TiledPart(encoder, tile=config.tile)
     decoder = codec_lib.TiledPart(decoder, tile=config.tile)
 

@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 import koala
-from koala import bin_prior, color, colorbins, distributed, grid
+from koala import bin_prior, color, colorbins, distributed, grid, models
 from koala import optimizers as optimizers_lib
 from koala.data import pipelines, records
 from koala.errors import KoalaError
@@ -565,13 +565,6 @@ def step_schedule(base_lr: float, boundaries, decay: float) -> Callable[[int], f
     return lr
 
 
-def atomic_save(model: keras.Model, path: str) -> None:
-    """``model.save`` to a temporary name in the same folder, then rename over ``path``."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
 class Checkpoints(keras.callbacks.Callback):
     """Saves last.keras every epoch and best.keras on improvement, atomically.
 
@@ -593,11 +586,11 @@ class Checkpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        atomic_save(self.model, os.path.join(self.workdir, "last.keras"))
+        models.save(self.model, os.path.join(self.workdir, "last.keras"))
         self.state["last_epoch"] = epoch
         if value is not None and np.isfinite(value) and (
                 self.state["best"] is None or value < self.state["best"]):
-            atomic_save(self.model, os.path.join(self.workdir, "best.keras"))
+            models.save(self.model, os.path.join(self.workdir, "best.keras"))
             self.state.update(best=float(value), best_epoch=epoch)
         _write_json(self.state_path, self.state)
 

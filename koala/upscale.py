@@ -394,8 +394,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not pairs:
-        print(f"error: no input images found in {' '.join(inputs)} "
-              f"(extensions: {' '.join(images.IMAGE_EXTENSIONS)})", file=sys.stderr)
+        print(f"error: {batch.no_images_message(inputs)}", file=sys.stderr)
         return 2
 
     def handle(loaded, out):

@@ -21,6 +21,19 @@ from koala.models import (
 )
 
 
+def save(model: keras.Model, path) -> None:
+    """``model.save`` to a temporary name in the same folder, then a rename over ``path``: a
+    kill never leaves a half-written ``.keras`` (the temporary file is removed on failure)."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def load(path, types: tuple, kind: str) -> keras.Model:
     """Loads a saved ``.keras`` model for inference (``compile=False``) and checks its type.
 
