@@ -137,6 +137,39 @@ def test_sr_grid_patches_cover_the_image():
     np.testing.assert_array_equal(patches[4], image[3:7, 3:7])
 
 
+def test_sr_random_grid_patches_are_grid_sub_images():
+    image = tf.reshape(tf.range(11 * 17 * 3, dtype=tf.float32), [11, 17, 3])
+    grid = pipelines.grid_patches(image, 5, 3).numpy()  # 3 x 5 positions
+    tf.random.set_seed(1)
+    drawn = pipelines.random_grid_patches(image, 5, 3, 200, seed=0).numpy()
+    assert drawn.shape == (200, 5, 5, 3)
+    # Every draw is one of the grid's sub-images, and 200 draws reach all 15 of them.
+    index = [int(np.flatnonzero((grid == d).all(axis=(1, 2, 3)))[0]) for d in drawn]
+    assert sorted(set(index)) == list(range(15))
+    tf.random.set_seed(1)
+    again = pipelines.random_grid_patches(image, 5, 3, 200, seed=0).numpy()
+    np.testing.assert_array_equal(drawn, again)
+
+
+def test_sr_training_with_a_stride_mixes_images(tmp_path):
+    # Eight flat photos, each with thousands of grid positions. Streaming every grid patch
+    # fills a batch from the 4 photos the interleave has open; sampling the grid per image
+    # visit (one sub-image each here) gives a batch from all eight.
+    src = tmp_path / "photos"
+    src.mkdir()
+    values = [20 + 25 * i for i in range(8)]
+    for value in values:
+        Image.new("RGB", (120, 96), (value, value, value)).save(src / f"p{value}.png")
+    cfg = build.BuildConfig(input_dir=str(src), output_dir=str(tmp_path / "rec"),
+                            groups=("rgb",), val_fraction=0.0, progress=False)
+    assert build.build(cfg).ok
+    ds = pipelines.sr_dataset(tmp_path / "rec", scale=3, patch_size=9, stride=1, batch_size=8,
+                              patches_per_image=1, shuffle_buffer=8, seed=0, channels="rgb")
+    _, hr = next(iter(ds))
+    levels = np.round(hr.numpy().reshape(8, -1).mean(axis=1) * 255).astype(int)
+    assert sorted(levels) == values
+
+
 def test_bicubic_downscale_antialiases():
     stripes = tf.tile(tf.constant([[0.0], [1.0]]), [12, 12])[..., None]  # 24x12, period 2
     low = pipelines.bicubic_downscale(stripes[:, :12], 4)

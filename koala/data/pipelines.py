@@ -162,6 +162,27 @@ def grid_patches(image: tf.Tensor, patch_size: int, stride: int) -> tf.Tensor:
     return tf.reshape(p, [-1, patch_size, patch_size, channels])
 
 
+def random_grid_patches(image: tf.Tensor, patch_size: int, stride: int, count: int,
+                        seed: int | None = None) -> tf.Tensor:
+    """``count`` sub-images drawn uniformly, with replacement, from the ``stride`` grid of
+    :func:`grid_patches` -> (count, P, P, C).
+
+    Training samples the paper's sub-image set this way instead of streaming every grid
+    patch of one image after another: the paper shuffles all sub-images of all images
+    before batching, and a streamed grid (thousands of patches per photo) fills a shuffle
+    buffer with patches of the same few photos, so each batch would see 4 or so images.
+    """
+    image = ensure_min_side(image, patch_size)
+    shape = tf.shape(image)
+    rows = (shape[0] - patch_size) // stride + 1
+    cols = (shape[1] - patch_size) // stride + 1
+    top = tf.random.uniform([count], 0, rows, tf.int32, seed=_op_seed(seed, 30)) * stride
+    left = tf.random.uniform([count], 0, cols, tf.int32, seed=_op_seed(seed, 31)) * stride
+    span = tf.range(patch_size)
+    strips = tf.gather(image, top[:, None] + span)  # (count, P, W, C)
+    return tf.gather(strips, left[:, None] + span, axis=2, batch_dims=1)
+
+
 def bicubic_downscale(hr: tf.Tensor, scale: int) -> tf.Tensor:
     """The SR degradation (SPEC §3), used by training and evaluation alike.
 
@@ -188,7 +209,9 @@ def to_y(rgb: tf.Tensor) -> tf.Tensor:
 def _patch_dataset(ds, *, patch_size, training, patches_per_image, stride, seed=None):
     def patches(parsed):
         image = decode_rgb_example(parsed)
-        if stride:
+        if stride and training:
+            out = random_grid_patches(image, patch_size, stride, patches_per_image, seed)
+        elif stride:
             out = grid_patches(image, patch_size, stride)
         elif training:
             out = random_patches(image, patch_size, patches_per_image, seed)
@@ -235,8 +258,10 @@ def sr_dataset(source, *, scale, split="train", patch_size=33, batch_size=16, tr
     ``scale``; C = 1 (studio Y, ``channels="y"``) or 3 (``"rgb"``). ``low_res``: the bicubic,
     anti-aliased downscale; with ``upsample=True`` (SRCNN, the auto-encoder) it is brought back
     to P×P by bicubic upscaling, with ``upsample=False`` (FSRCNN) it stays (P/s)×(P/s).
-    ``stride`` extracts every sub-image on a grid (the SRCNN paper: 33 px, stride 14);
-    otherwise ``patches_per_image`` random crops per image and epoch.
+    ``stride`` puts the sub-images on a grid (the SRCNN paper: 33 px, stride 14): evaluation
+    takes every one of them, training draws ``patches_per_image`` of them per image visit
+    (:func:`random_grid_patches`); without ``stride``, training takes ``patches_per_image``
+    random crops per image visit.
     """
     if scale not in (2, 3, 4):
         raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
