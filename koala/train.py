@@ -135,13 +135,18 @@ def effective_flags() -> str:
         "\n".join(lines) + "\n"
 
 
+def config_from_flags() -> training.TrainConfig:
+    """The parsed flags as a validated TrainConfig (ValueError names a bad value)."""
+    return training.TrainConfig(
+        lr_boundaries=tuple(int(b) for b in FLAGS.lr_boundaries), scale=int(FLAGS.scale),
+        **{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        config = training.TrainConfig(
-            lr_boundaries=tuple(int(b) for b in FLAGS.lr_boundaries), scale=int(FLAGS.scale),
-            **{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+        config = config_from_flags()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
