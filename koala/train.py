@@ -135,11 +135,12 @@ def effective_flags() -> str:
         "\n".join(lines) + "\n"
 
 
-def config_from_flags() -> training.TrainConfig:
+def config_from_flags(values: flags.FlagValues = FLAGS) -> training.TrainConfig:
     """The parsed flags as a validated TrainConfig (ValueError names a bad value)."""
     return training.TrainConfig(
-        lr_boundaries=tuple(int(b) for b in FLAGS.lr_boundaries), scale=int(FLAGS.scale),
-        **{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+        lr_boundaries=tuple(int(b) for b in values["lr_boundaries"].value),
+        scale=int(values["scale"].value),
+        **{name: values[name].value for name in _CONFIG_FLAGS})
 
 
 def main(argv):
