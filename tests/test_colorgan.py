@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import nonzero_gradients
 
 import koala  # noqa: F401  (registers the models, as a user's `import koala` does)
 from koala import perceptual
@@ -180,16 +181,6 @@ def test_gradient_penalty_of_a_linear_critic():
     critic.set_weights([np.array([0.0, 4.0, 0.0], np.float32).reshape(1, 1, 3, 1)])  # ‖∇‖ = 1
     assert float(C.gradient_penalty(critic, l, real, fake, epsilon)) == pytest.approx(0.0,
                                                                                     abs=1e-6)
-
-
-def nonzero_gradients(loss_fn, variables):
-    with tf.GradientTape() as tape:
-        loss = loss_fn()
-    grads = tape.gradient(loss, variables)
-    for var, grad in zip(variables, grads, strict=True):
-        assert grad is not None, var.path
-        assert np.all(np.isfinite(grad)) and np.any(grad.numpy() != 0), var.path
-    return loss
 
 
 def test_every_trainable_weight_gets_a_gradient():

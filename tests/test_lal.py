@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import smooth_image
+from conftest import nonzero_gradients, smooth_image
 
 import koala  # noqa: F401  (registers the models, as a user's `import koala` does)
 from koala import color
@@ -155,16 +155,6 @@ def test_save_and_load_with_both_optimizers(tmp_path):
 
 
 # --- losses ----------------------------------------------------------------------------------
-
-
-def nonzero_gradients(loss_fn, variables):
-    with tf.GradientTape() as tape:
-        loss = loss_fn()
-    grads = tape.gradient(loss, variables)
-    for var, grad in zip(variables, grads, strict=True):
-        assert grad is not None, var.path
-        assert np.all(np.isfinite(grad)) and np.any(grad.numpy() != 0), var.path
-    return loss
 
 
 def test_every_trainable_weight_gets_a_gradient():
