@@ -228,6 +228,21 @@ def test_mixed_precision_updates_match_float32():
     np.testing.assert_allclose(got, expected, rtol=0.05)
 
 
+def test_output_convs_are_float32_under_bfloat16():
+    # bfloat16 keeps 8 significant bits: a bfloat16 conv before the tanh would hold G to
+    # steps of ~0.5 grey levels near white, too coarse for the 8-bit levels L_Q aims at.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = C.codec_small(contrast_weight=0.0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for part in (model.encoder, model.decoder):
+        assert part.get_layer("conv_in").compute_dtype == "bfloat16"
+        assert part.get_layer("conv_out").compute_dtype == "float32"
+    out = model(images(1, 32, 32, seed=4))
+    assert out["gray"].dtype == "float32" and out["restored"].dtype == "float32"
+
+
 # --- stages -----------------------------------------------------------------------------------
 
 

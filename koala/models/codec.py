@@ -145,11 +145,12 @@ AUTHORS_QUANT_UNIT = 2 / 255  # the authors' L_Q is on [-1, 1]: 2/255 of ours (d
 # Networks
 
 
-def _conv(filters: int, kernel: int, name: str, strides: int = 1, activation=None):
+def _conv(filters: int, kernel: int, name: str, strides: int = 1, activation=None,
+          dtype=None):
     return keras.layers.Conv2D(
         filters, kernel, strides=strides, padding="same", activation=activation,
         use_bias=False, kernel_initializer=keras.initializers.RandomNormal(0.0, INIT_STDDEV),
-        name=name,
+        dtype=dtype, name=name,
     )
 
 
@@ -212,7 +213,9 @@ def encoder(filters: int = 64, res_blocks=(2, 4, 2), name: str = "encoder") -> k
     x = keras.layers.Add(name="skip1")([x, s1])  # (B, H, W, f)
     for i in range(res_blocks[2]):
         x = _residual(x, f1, f"res3_{i + 1}")
-    x = _conv(1, 3, "conv_out")(x)
+    # float32 under mixed precision too: bfloat16 would hold G to ~0.5 grey levels near
+    # white, coarser than the 8-bit grid that L_Q aims at.
+    x = _conv(1, 3, "conv_out", dtype="float32")(x)
     x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
     gray = _to_unit("gray")(x)
     return keras.Model(rgb, gray, name=name)
@@ -232,7 +235,7 @@ def decoder(filters: int = 64, res_blocks: int = 8, name: str = "decoder") -> ke
     for i in range(res_blocks):
         x = _residual(x, filters, f"res{i + 1}")
     x = _conv(4 * filters, 3, "conv_wide")(x)
-    x = _conv(3, 1, "conv_out")(x)
+    x = _conv(3, 1, "conv_out", dtype="float32")(x)
     x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
     rgb = _to_unit("rgb")(x)
     return keras.Model(gray, rgb, name=name)
