@@ -1,4 +1,4 @@
-"""Tests for koala.images: every fixture is a tiny image built in tmp_path, offline."""
+"""Tests for koala.ops.images: every fixture is a tiny image built in tmp_path, offline."""
 
 import io
 import itertools
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageFile
 
-from koala import images
-from koala.errors import ImageError, KoalaError
-from koala.images import LoadedImage, find_images, is_image_file, load_image
+from koala.core.errors import ImageError, KoalaError
+from koala.ops import images
+from koala.ops.images import LoadedImage, find_images, is_image_file, load_image
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -239,6 +239,24 @@ def test_unreadable_exif_is_a_warning(tmp_path, monkeypatch):
     assert loaded.warnings == (
         "ignored unreadable EXIF orientation (SyntaxError: not a TIFF file)",
     )
+
+
+def test_orientation_applied_when_other_exif_tags_cannot_be_rewritten(tmp_path):
+    # IFD0: ImageWidth (0x0100) stored as the ASCII string "Maker", Orientation (0x0112) = 6.
+    # ImageOps.exif_transpose turns the pixels, then fails re-encoding ImageWidth as an
+    # integer (struct.error); the image must still load, turned.
+    ifd = struct.pack(">H", 2)
+    ifd += struct.pack(">HHI4s", 0x0100, 2, 6, struct.pack(">I", 8 + 2 + 24 + 4))
+    ifd += struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack(">I", 0)
+    exif = b"Exif\x00\x00MM\x00\x2a" + struct.pack(">I", 8) + ifd + b"Maker\x00"
+    source = _pattern(16, 32)
+    path = _save(tmp_path / "odd_tag.png", _from_array(source), exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_image(path)
+    np.testing.assert_array_equal(loaded.rgb, np.rot90(source, k=-1))
+    assert loaded.passthrough is False
+    assert loaded.warnings == ()
 
 
 def test_invalid_exif_orientation_is_a_warning(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for koala.metrics against scikit-image, hand-computed cases and published data."""
+"""Tests for koala.ops.metrics against scikit-image, hand-computed cases and published data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from skimage import color as skcolor
 from skimage import metrics as skmetrics
 
-from koala import metrics
+from koala.ops import metrics
 
 
 def _sk_ssim(a: np.ndarray, b: np.ndarray, data_range: float, channel_axis=None) -> float:
