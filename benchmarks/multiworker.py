@@ -1,5 +1,5 @@
 r"""Multi-worker step rates on this machine: 1 worker vs 2 local workers (127.0.0.1), both
-through ``koala.train --distribute=multi_worker`` with the same global batch.
+through ``koala.cli.train --distribute=multi_worker`` with the same global batch.
 
   python benchmarks/multiworker.py [--model=fusion_small] [--batch_size=8] [--steps=20]
 
@@ -20,9 +20,9 @@ from common import REPO  # first: quiets TF, puts the checkout on sys.path
 
 from absl import app, flags
 
-from koala import distributed
+from koala.core import distributed
 
-flags.DEFINE_string("model", "fusion_small", "koala.train model.")
+flags.DEFINE_string("model", "fusion_small", "koala.cli.train model.")
 flags.DEFINE_integer("batch_size", 8, "Global batch size.")
 flags.DEFINE_integer("steps", 20, "Steps per epoch (2 epochs; the second is timed).")
 flags.DEFINE_integer("image_size", 64, "Record image size.")
@@ -32,7 +32,8 @@ WORKER = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[5])
 import keras
-from koala import training
+from koala import registry
+from koala.core import trainer as training
 
 class StepTimer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
@@ -41,11 +42,11 @@ class StepTimer(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 timer = StepTimer()
-cfg = training.TrainConfig(workdir=sys.argv[1], train_records=sys.argv[2], model=sys.argv[3],
+cfg = registry.configs(workdir=sys.argv[1], train_records=sys.argv[2], model=sys.argv[3],
     epochs=2, steps_per_epoch=int(sys.argv[4]), batch_size=int(sys.argv[6]),
     mixed_precision="float32", lr_boundaries=(100,), image_grid_count=0,
     distribute=sys.argv[7], val_records=None)
-training.train(cfg, extra_callbacks=[timer])
+training.train(*cfg, extra_callbacks=[timer])
 print("RATE", (len(timer.ends) - 1) / (timer.ends[-1] - timer.ends[0]))
 """
 

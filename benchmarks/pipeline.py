@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from koala.data import build, pipelines
-from koala.models import fusion
+from koala.tasks.colorize.models import fusion
 
 flags.DEFINE_string("records", None, "Existing colorization records (default: build them).")
 flags.DEFINE_string("input_dir", DEFAULT_PHOTOS,

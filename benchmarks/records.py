@@ -31,8 +31,8 @@ import numpy as np
 from absl import app, flags
 
 from koala.data import build
-from koala.embedder import EMBEDDERS, Embedder
-from koala.images import find_images, load_image
+from koala.ops.embedder import EMBEDDERS, Embedder
+from koala.ops.images import find_images, load_image
 
 flags.DEFINE_string("input_dir", DEFAULT_PHOTOS,
                     "Images to build.")

@@ -1,5 +1,5 @@
 r"""Super-resolution speed on this CPU: output megapixels/s of each model through
-``koala.upscale.Upscaler``, against the model's FLOP floor at the machine's measured peak.
+``koala.tasks.sr.inference.Upscaler``, against the model's FLOP floor at the machine's measured peak.
 
   python benchmarks/sr.py [--width=600 --height=400] [--scale=3]
 
@@ -23,8 +23,8 @@ import tensorflow as tf
 from absl import app, flags
 
 from koala.data import pipelines
-from koala.models import sr
-from koala.upscale import Upscaler
+from koala.tasks.sr import models as sr
+from koala.tasks.sr.inference import Upscaler
 
 flags.DEFINE_integer("width", 600, "Low-res input width.")
 flags.DEFINE_integer("height", 400, "Low-res input height.")

@@ -1,15 +1,15 @@
-r"""Fusion training speed on this machine: float32 vs mixed_bfloat16, and koala.train's step
+r"""Fusion training speed on this machine: float32 vs mixed_bfloat16, and koala.cli.train's step
 rate from records vs a bare ``model.fit`` on in-memory tensors of the same model.
 
   python benchmarks/train.py [--image_size=224] [--batch_size=8] [--steps=24]
 
   bare fit     ``model.fit`` on in-memory numpy arrays: no input pipeline, no callbacks.
-  koala.train  ``koala.training.train`` from TFRecords (decode, shuffle, flip, prefetch) with
+  koala.cli.train  ``koala.core.trainer.train`` from TFRecords (decode, shuffle, flip, prefetch) with
                all its callbacks (backup, CSV, checkpoints, TensorBoard).
 
 Step rates are timed inside an epoch (from the end of its first step to the end of its last),
 so both exclude tracing and the once-per-epoch work (checkpoint saves, validation); that
-per-epoch cost is printed separately. The ratio koala.train / bare should be >= 0.95.
+per-epoch cost is printed separately. The ratio koala.cli.train / bare should be >= 0.95.
 """
 
 import os
@@ -25,9 +25,10 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from koala import training
+from koala import registry
+from koala.core import trainer as training
 from koala.data import build
-from koala.models import fusion
+from koala.tasks.colorize.models import fusion
 
 flags.DEFINE_string("input_dir", DEFAULT_PHOTOS,
                     "Images for the records.")
@@ -72,12 +73,12 @@ def bare_fit(precision, batch_size, steps, size):
 
 def koala_train(records, batch_size, steps):
     workdir = tempfile.mkdtemp(prefix="koala-bench-train-")
-    cfg = training.TrainConfig(workdir=workdir, train_records=records, model="fusion",
+    cfg = registry.configs(workdir=workdir, train_records=records, model="fusion",
                                epochs=2, steps_per_epoch=steps, batch_size=batch_size,
                                mixed_precision="float32", image_grid_count=2)
     timer = StepTimer()
     start = time.perf_counter()
-    history = training.train(cfg, extra_callbacks=[timer])
+    history = training.train(*cfg, extra_callbacks=[timer])
     total = time.perf_counter() - start
     del history
     return timer.steps_per_second(), total
@@ -99,9 +100,9 @@ def main(argv):
     print(f"bare model.fit, mixed_bfloat16:  {bf16 * batch:7.2f} images/s ({bf16:.3f} steps/s)"
           f"  = {bf16 / f32:.2f}x float32")
     rate, total = koala_train(records, batch, steps)
-    print(f"koala.train from records, float32: {rate * batch:5.2f} images/s ({rate:.3f} steps/s)")
-    print(f"ratio koala.train / bare fit:     {rate / f32:7.3f}  (target >= 0.95)")
-    print(f"(koala.train wall time for 2 epochs x {steps} steps incl. tracing, validation and "
+    print(f"koala.cli.train from records, float32: {rate * batch:5.2f} images/s ({rate:.3f} steps/s)")
+    print(f"ratio koala.cli.train / bare fit:     {rate / f32:7.3f}  (target >= 0.95)")
+    print(f"(koala.cli.train wall time for 2 epochs x {steps} steps incl. tracing, validation and "
           f"checkpoints: {total:.1f} s)")
 
 

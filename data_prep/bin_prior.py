@@ -9,7 +9,7 @@ import sys
 # Runs from a checkout without installing koala.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from koala.bin_prior import run  # noqa: E402
+from koala.cli.bin_prior import run  # noqa: E402
 
 if __name__ == "__main__":
     run()

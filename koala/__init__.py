@@ -1,11 +1,10 @@
 """koala: classic deep-learning image-restoration papers in Keras 3 on TensorFlow.
 
-Importing koala (or any submodule) never runs work and never reads flags; entry points
-live in ``koala.train``, ``koala.colorize``, ``koala.evaluate`` and ``data_prep/``.
+Importing koala (or any submodule) never runs work and never reads flags, and ``import koala``
+imports nothing heavy. The command lines live in :mod:`koala.cli` (``python -m koala.train``,
+``koala.colorize``, ``koala.upscale``, ``koala.codec``, ``koala.evaluate`` are aliases); the
+model families in :mod:`koala.tasks`; every model name in :mod:`koala.registry`, whose import
+also registers koala's layers for a plain ``keras.saving.load_model``.
 """
 
 __version__ = "0.1.0"
-
-# Registers koala's Keras layers and models, so saved .keras files load with plain
-# keras.saving.load_model once koala is imported.
-from koala import models  # noqa: E402, F401

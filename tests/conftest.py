@@ -53,7 +53,7 @@ def make_photo_folder(root, n_good=6, with_bad=True):
 @pytest.fixture(scope="session")
 def mobilenet_none():
     """One random-weight MobileNet embedder, shared by the whole session (built once)."""
-    from koala.embedder import Embedder
+    from koala.ops.embedder import Embedder
 
     return Embedder("mobilenet", "none", batch_size=4)
 

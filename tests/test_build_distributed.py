@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 from conftest import make_photo_folder, smooth_image, write_image
 
+from koala.core.errors import CorruptShardError, RecordsError
 from koala.data import build, features, pipelines, records
-from koala.errors import CorruptShardError, RecordsError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 WORKERS = 3

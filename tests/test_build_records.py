@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 from conftest import make_photo_folder, smooth_image, write_image
 
+from koala.core.errors import RecordsError
 from koala.data import build, features
-from koala.errors import RecordsError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

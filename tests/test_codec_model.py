@@ -1,4 +1,4 @@
-"""Invertible Grayscale (koala.models.codec): sizes, serialisation, training, stages."""
+"""Invertible Grayscale (koala.tasks.codec.model): sizes, serialisation, training, stages."""
 
 import dataclasses
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import koala  # noqa: F401  (registers the models, as a user's `import koala` does)
-from koala import perceptual
-from koala.errors import KoalaError
-from koala.models import codec as C
+import koala.registry  # noqa: F401  (registers koala's layers, as a user does before load_model)
+from koala.core.errors import KoalaError
+from koala.ops import perceptual
+from koala.tasks.codec import model as C
 
 TERMS = ("loss", *C.TERMS, "stage")
 PERCEPTUAL = {"perceptual_net": "mobilenet", "perceptual_weights": "none",

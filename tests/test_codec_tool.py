@@ -1,4 +1,4 @@
-"""koala.codec: any image size in and out, 8-bit grayscale PNGs, tiles that join up exactly,
+"""koala.tasks.codec.inference: any image size in and out, 8-bit grayscale PNGs, tiles that join up exactly,
 the receptive radius read off the layer graph, loading either half or the whole model, export,
 and the command line (files and folders, bad files, the wrong half)."""
 
@@ -13,10 +13,10 @@ import pytest
 from conftest import make_photo_folder, smooth_image, write_image
 from PIL import Image
 
-from koala import codec
-from koala.errors import KoalaError
-from koala.images import load_image
-from koala.models import codec as codec_models
+from koala.core.errors import KoalaError
+from koala.ops.images import load_image
+from koala.tasks.codec import inference as codec
+from koala.tasks.codec import model as codec_models
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -224,7 +224,7 @@ def test_export_writes_halves_that_reload_plainly(tmp_path, small):
 
 def run_cli(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "koala.codec", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "koala.tasks.codec.inference", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""Tests for koala.color: agreement with scikit-image, round trips, scaling, graph mode."""
+"""Tests for koala.ops.color: agreement with scikit-image, round trips, scaling, graph mode."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from skimage import color as skcolor
 
-from koala import color
+from koala.ops import color
 
 EDGE_COLOURS = np.array(
     [

@@ -1,5 +1,5 @@
-"""koala.colorbins (Zhang et al.'s ab bins, soft encoding, prior, rebalancing, annealed mean)
-and koala.bin_prior (the prior of a record set, its .npz and its command line)."""
+"""koala.ops.colorbins (Zhang et al.'s ab bins, soft encoding, prior, rebalancing, annealed mean)
+and koala.data.bin_prior (the prior of a record set, its .npz and its command line)."""
 
 import os
 import pathlib
@@ -12,9 +12,11 @@ import pytest
 import tensorflow as tf
 from conftest import make_photo_folder
 
-from koala import color, colorbins
-from koala.bin_prior import PRIOR_FILE, PriorConfig, compute_prior, load_prior, save_prior
-from koala.colorbins import (
+from koala.core.errors import CorruptShardError, KoalaError, RecordsError
+from koala.data import build, pipelines
+from koala.data.bin_prior import PRIOR_FILE, PriorConfig, compute_prior, load_prior, save_prior
+from koala.ops import color, colorbins
+from koala.ops.colorbins import (
     ab_bins,
     annealed_mean,
     bin_counts,
@@ -23,8 +25,6 @@ from koala.colorbins import (
     rebalancing_weights,
     soft_encode,
 )
-from koala.data import build, pipelines
-from koala.errors import CorruptShardError, KoalaError, RecordsError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 E2 = np.exp(-2.0)  # exp(-d² / (2σ²)) for d = 10, σ = 5

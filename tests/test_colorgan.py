@@ -1,4 +1,4 @@
-"""ColorGAN (koala.models.colorgan): sizes, sampling, serialisation, losses, training."""
+"""ColorGAN (koala.tasks.colorize.models.colorgan): sizes, sampling, serialisation, losses, training."""
 
 import keras
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 from conftest import nonzero_gradients
 
-import koala  # noqa: F401  (registers the models, as a user's `import koala` does)
-from koala import perceptual
-from koala.errors import KoalaError
-from koala.models import colorgan as C
+import koala.registry  # noqa: F401  (registers koala's layers, as a user does before load_model)
+from koala.core.errors import KoalaError
+from koala.ops import perceptual
+from koala.tasks.colorize.models import colorgan as C
 
 PERCEPTUAL = {"perceptual_net": "mobilenet", "perceptual_weights": "none",
               "perceptual_size": 32}

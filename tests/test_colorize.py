@@ -1,4 +1,4 @@
-"""koala.colorize: full-resolution inference (exact sizes, L* kept, ab cropped from the padded
+"""koala.tasks.colorize.inference: full-resolution inference (exact sizes, L* kept, ab cropped from the padded
 square and upsampled), the gray baseline, saturation, loading, and the command line."""
 
 import os
@@ -13,21 +13,21 @@ import tensorflow as tf
 from conftest import smooth_image, write_image
 from PIL import Image
 
-from koala import color, geometry
-from koala import grid as grid_lib
-from koala.colorize import (
+from koala.cli.colorize import output_paths
+from koala.core.errors import KoalaError
+from koala.ops import color, geometry
+from koala.ops import grid as grid_lib
+from koala.ops.images import load_image
+from koala.tasks.colorize.inference import (
     DEFAULT_EPS,
     DEFAULT_RADIUS,
     DEFAULT_SATURATION,
     Colorizer,
     colorize,
     gray_baseline,
-    output_paths,
     refine_ab,
 )
-from koala.errors import KoalaError
-from koala.images import load_image
-from koala.models.fusion import FusionConfig, fusion_small
+from koala.tasks.colorize.models.fusion import FusionConfig, fusion_small
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SIZE = 32
@@ -298,7 +298,7 @@ def test_output_paths(tmp_path):
 
 def run_cli(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "koala.colorize", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "koala.tasks.colorize.inference", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from koala import distributed
-from koala.errors import KoalaError
+from koala.core import distributed
+from koala.core.errors import KoalaError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,10 +67,10 @@ def test_tf_config_is_checked(monkeypatch):
 
 
 def test_multi_worker_needs_steps_per_epoch(tmp_path):
-    from koala import training
+    from koala import registry
 
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        training.TrainConfig(workdir=str(tmp_path), train_records="x",
+        registry.configs(workdir=str(tmp_path), train_records="x",
                              distribute="multi_worker")
 
 
@@ -82,13 +82,14 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 tf.config.experimental.enable_op_determinism()  # identical batches in every run
 import keras
-from koala import distributed, training
+from koala import registry
+from koala.core import distributed, trainer as training
 from koala.data import records
 
 ROOT, RECORDS, MODEL = sys.argv[1:4]
 out = {}
 def config(name, **kw):
-    return training.TrainConfig(
+    return registry.configs(
         workdir=f"{ROOT}/{name}", train_records=RECORDS, val_records=None, epochs=1,
         steps_per_epoch=3, batch_size=4, mixed_precision="float32", lr_boundaries=(10,),
         image_grid_count=0, shuffle_buffer=1, **kw)
@@ -100,23 +101,22 @@ models = [("srcnn_small", dict(optimizer="sgd", learning_rate=1e-2, patch_size=2
 # instance keys the first two used (a TF limitation, not koala's).
 for model, kw in [m for m in models if m[0] == MODEL]:
     for mode in ("none", "mirrored"):
-        history = training.train(config(f"{model}-{mode}", model=model, distribute=mode, **kw))
+        history = training.train(*config(f"{model}-{mode}", model=model, distribute=mode, **kw))
         out[f"{model}/{mode}"] = history.history["loss"][-1]
     # The multi-worker loop (distributed.fit), driven by a MirroredStrategy on the same data.
-    cfg = config(f"{model}-loop", model=model, distribute="mirrored", **kw)
-    keras.utils.set_random_seed(cfg.seed)
-    spec = training.MODELS[model]
+    run, cfg = config(f"{model}-loop", model=model, distribute="mirrored", **kw)
+    keras.utils.set_random_seed(run.seed)
+    entry, task = registry.lookup(model)
     strategy = tf.distribute.MirroredStrategy()
     recs = records.resolve(RECORDS, "train")
     with strategy.scope():
-        net = spec.build(cfg, recs)
-        net.compile(optimizer=training.optimizers_lib.build(cfg.optimizer, cfg.learning_rate),
+        net = task.build_model(entry, run, cfg, recs)
+        net.compile(optimizer=training.optimizers_lib.build(run.optimizer, run.learning_rate),
                     loss="mse")
-    task = training.TASKS[spec.task]
     def dataset_fn(context):
         import dataclasses
-        local = dataclasses.replace(cfg, batch_size=context.get_per_replica_batch_size(4))
-        return task["datasets"](local, net, RECORDS, None, None, 1)[0]
+        local = dataclasses.replace(run, batch_size=context.get_per_replica_batch_size(4))
+        return task.datasets(net, local, cfg, RECORDS, None, None, None).train
     ds = strategy.distribute_datasets_from_function(dataset_fn)
     history = distributed.fit(net, ds, strategy=strategy, epochs=1, steps_per_epoch=3,
                               verbose=0)
@@ -147,12 +147,13 @@ def test_mirrored_and_the_multi_worker_loop_match_single_device(one_shard, tmp_p
 WORKER = """
 import json, sys
 import numpy as np
-from koala import training
-cfg = training.TrainConfig(
+from koala import registry
+from koala.core import trainer as training
+cfg = registry.configs(
     workdir=sys.argv[1], train_records=sys.argv[2], model="fusion_small", epochs=int(sys.argv[3]),
     steps_per_epoch=3, batch_size=4, mixed_precision="float32", lr_boundaries=(1000,),
     distribute="multi_worker", collective_timeout=30)
-history = training.train(cfg)
+history = training.train(*cfg)
 np.savez(sys.argv[4], *[w for w in history.model.get_weights()])
 with open(sys.argv[4] + ".json", "w") as f:
     json.dump({"epochs": history.epoch, "loss": history.history["loss"]}, f)

@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 from conftest import smooth_image
 
-from koala import color
-from koala.embedder import Embedder, build_classifier
-from koala.errors import WeightsError
+from koala.core.errors import WeightsError
+from koala.ops import color
+from koala.ops.embedder import Embedder, build_classifier
 
 
 def test_preprocess_sees_only_the_grayscale(mobilenet_none):

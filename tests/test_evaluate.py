@@ -1,4 +1,4 @@
-"""koala.evaluate --task=colorize: per-image and mean metrics against the gray baseline, the
+"""koala.cli.evaluate --task=colorize: per-image and mean metrics against the gray baseline, the
 report files, and the command line. A tiny random fusion model; images built in tmp_path."""
 
 import json
@@ -13,11 +13,12 @@ import pytest
 from conftest import smooth_image, write_image
 from PIL import Image
 
-from koala import evaluate, metrics
-from koala.colorize import Colorizer, gray_baseline
-from koala.errors import KoalaError
-from koala.grid import GAP
-from koala.models.fusion import fusion_small
+from koala.cli import evaluate
+from koala.core.errors import KoalaError
+from koala.ops import metrics
+from koala.ops.grid import GAP
+from koala.tasks.colorize.inference import Colorizer, gray_baseline
+from koala.tasks.colorize.models.fusion import fusion_small
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 HEIGHT, WIDTH = 40, 56
@@ -210,7 +211,7 @@ def test_evaluate_colorize_input_errors(photos, model_path, tmp_path):
 def test_flags_are_defined_by_run_not_at_import():
     from absl import flags
 
-    assert "grid_height" not in flags.FLAGS  # importing koala.evaluate defined nothing
+    assert "grid_height" not in flags.FLAGS  # importing koala.cli.evaluate defined nothing
     fv = flags.FlagValues()
     evaluate.define_flags(fv)
     evaluate.define_flags(fv)  # idempotent
@@ -255,7 +256,7 @@ def test_every_koala_colorizer_in_one_table_with_and_without_guided_refinement(
         photos, model_path, tmp_path):
     """A fusion model and a ColorGAN side by side, each raw and refined (SPEC §5), with the
     gray baseline: one table."""
-    from koala.models.colorgan import colorgan_small
+    from koala.tasks.colorize.models.colorgan import colorgan_small
 
     gan_path = tmp_path / "gan.keras"
     colorgan_small(image_size=32).save(gan_path)

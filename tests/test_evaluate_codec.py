@@ -1,4 +1,4 @@
-"""koala.evaluate --task=codec: colour PSNR/SSIM after a real 8-bit PNG round trip, the luma
+"""koala.cli.evaluate --task=codec: colour PSNR/SSIM after a real 8-bit PNG round trip, the luma
 baseline, the grayscale against luma, the JPEG table and plot, checked on pointwise stand-in
 models whose numbers can be worked out by hand; the files and the command line on codec_small."""
 
@@ -16,10 +16,10 @@ import pytest
 from conftest import smooth_image, write_image
 from PIL import Image
 
-from koala import evaluate
-from koala.errors import KoalaError
-from koala.grid import GAP
-from koala.models import codec as codec_models
+from koala.cli import evaluate
+from koala.core.errors import KoalaError
+from koala.ops.grid import GAP
+from koala.tasks.codec import model as codec_models
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUALITIES = (95, 90, 75, 50)

@@ -1,4 +1,4 @@
-"""koala.evaluate --task=sr: the degradation is the training pipeline's, the metrics follow the
+"""koala.cli.evaluate --task=sr: the degradation is the training pipeline's, the metrics follow the
 field's conventions (studio Y, border crop = scale), the bicubic baseline is on every row, the
 report files, and the command line. Stub upscalers and one tiny saved FSRCNN (x2)."""
 
@@ -14,10 +14,11 @@ import pytest
 from conftest import smooth_image, write_image
 from PIL import Image
 
-from koala import evaluate, metrics
+from koala.cli import evaluate
+from koala.core.errors import KoalaError
 from koala.data import build, pipelines
-from koala.errors import KoalaError
-from koala.grid import GAP
+from koala.ops import metrics
+from koala.ops.grid import GAP
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SIZES = {"a.png": (40, 56), "b.png": (33, 48), "sub/c.png": (36, 36)}  # (H, W)
@@ -87,7 +88,7 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     """A tiny random FSRCNN x2 (Y channel) saved as .keras."""
-    from koala.models.sr import fsrcnn_small
+    from koala.tasks.sr.models import fsrcnn_small
 
     path = tmp_path_factory.mktemp("models") / "tiny.keras"
     fsrcnn_small(scale=2).save(path)

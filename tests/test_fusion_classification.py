@@ -1,6 +1,6 @@
 """The fusion colorizer's classification head (SPEC §5, Zhang et al. 2016): graph shapes, the
 class-rebalanced cross-entropy on hand-made cases, annealed-mean decoding, serialisation,
-gradients, mirrored-strategy parity, and training through koala.train with a bin prior."""
+gradients, mirrored-strategy parity, and training through koala.cli.train with a bin prior."""
 
 import json
 import os
@@ -15,10 +15,12 @@ import pytest
 import tensorflow as tf
 from conftest import make_photo_folder
 
-from koala import bin_prior, colorbins, training
-from koala.data import build
-from koala.errors import KoalaError
-from koala.models.fusion import (
+from koala import registry
+from koala.core import trainer as training
+from koala.core.errors import KoalaError
+from koala.data import bin_prior, build
+from koala.ops import colorbins
+from koala.tasks.colorize.models.fusion import (
     AnnealedMean,
     FusionColorizer,
     FusionConfig,
@@ -288,8 +290,8 @@ import json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from koala import distributed
-from koala.models import fusion
+from koala.core import distributed
+from koala.tasks.colorize.models import fusion
 
 rng = np.random.default_rng(0)
 x = {"l": rng.uniform(-1, 1, (4, 32, 32, 1)).astype("float32"),
@@ -355,12 +357,12 @@ def smoke(records, workdir, **kw):
                 head="classification", epochs=2, steps_per_epoch=2, batch_size=2,
                 lr_boundaries=(1,), shuffle_buffer=8, image_grid_count=2,
                 mixed_precision="float32")
-    return training.TrainConfig(**{**base, **kw})
+    return registry.configs(**{**base, **kw})
 
 
 def test_two_steps_through_koala_train(records, tmp_path):
     cfg = smoke(records, tmp_path / "run", rebalance_lambda=0.25)
-    history = training.train(cfg)
+    history = training.train(*cfg)
     assert history.epoch == [0, 1]
     for key in ("loss", "ab_mse", "val_loss", "val_ab_mse"):
         assert np.all(np.isfinite(history.history[key])), key
@@ -374,30 +376,30 @@ def test_two_steps_through_koala_train(records, tmp_path):
     assert run["ab_prior"] == os.path.join(records, bin_prior.PRIOR_FILE)
     assert run["parameters"] == parameter_count_from_table(model.config)
     # The workdir check: the same settings resume (nothing left), other ones are refused.
-    assert training.train(cfg).epoch == []
+    assert training.train(*cfg).epoch == []
     with pytest.raises(KoalaError, match="rebalance_lambda"):
-        training.train(smoke(records, tmp_path / "run", rebalance_lambda=0.5))
+        training.train(*smoke(records, tmp_path / "run", rebalance_lambda=0.5))
     # A run.json written before these settings existed still resumes (its run had the
     # defaults): drop them and check again with the defaults.
     run["config"] = {k: v for k, v in run["config"].items()
                      if k not in ("head", "temperature", "ab_prior", "rebalance_lambda")}
     (tmp_path / "run" / "run.json").write_text(json.dumps(run))
-    training._check_workdir(smoke(records, tmp_path / "run", head="regression"))
+    training._check_workdir(*smoke(records, tmp_path / "run", head="regression"))
     with pytest.raises(KoalaError, match="head"):
-        training._check_workdir(cfg)
+        training._check_workdir(*cfg)
 
 
 def test_missing_prior_is_one_clear_error(records, tmp_path):
     bare = tmp_path / "records"
     shutil.copytree(records, bare, ignore=shutil.ignore_patterns(bin_prior.PRIOR_FILE))
     with pytest.raises(KoalaError) as info:
-        training.train(smoke(str(bare), tmp_path / "run"))
+        training.train(*smoke(str(bare), tmp_path / "run"))
     message = str(info.value)
     assert "\n" not in message
     assert f"python data_prep/bin_prior.py --records={bare}" in message
     assert os.path.join(str(bare), bin_prior.PRIOR_FILE) in message
     with pytest.raises(KoalaError, match="no ab prior at .*elsewhere.npz"):
-        training.train(smoke(records, tmp_path / "run2", ab_prior=str(tmp_path / "elsewhere.npz")))
+        training.train(*smoke(records, tmp_path / "run2", ab_prior=str(tmp_path / "elsewhere.npz")))
     with pytest.raises(ValueError, match="fusion"):
         smoke(records, tmp_path / "run3", model="srcnn_small")
 

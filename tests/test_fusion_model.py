@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from koala.models.fusion import (
+from koala.tasks.colorize.models.fusion import (
     FusionConfig,
     FusionLayer,
     build_fusion,
@@ -179,7 +179,7 @@ def test_mixed_precision_output_is_float32(bf16_policy):
 
 
 def test_saved_model_remembers_its_embedder(tmp_path):
-    from koala.models import fusion as fusion_lib
+    from koala.tasks.colorize.models import fusion as fusion_lib
 
     model = fusion_lib.fusion_small(image_size=32, embedding_dim=16, embedder="mobilenet",
                                 embedder_weights="/some/weights.h5", embedder_fit="crop")
@@ -196,8 +196,8 @@ def test_plain_load_model_after_import_koala(tmp_path):
     import subprocess
     import sys
 
-    from koala.models import fusion as fusion_lib
-    from koala.models import sr
+    from koala.tasks.colorize.models import fusion as fusion_lib
+    from koala.tasks.sr import models as sr
 
     path, sr_path = tmp_path / "m.keras", tmp_path / "sr.keras"
     fusion_lib.fusion_small(image_size=32, embedding_dim=16).save(path)

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from koala import geometry, grid
+from koala.ops import geometry, grid
 
 
 def test_pad_box_matches_fit_square():

@@ -1,9 +1,9 @@
-"""koala.guided: the box filter with clamped borders and He et al.'s guided filter."""
+"""koala.ops.guided: the box filter with clamped borders and He et al.'s guided filter."""
 
 import numpy as np
 import pytest
 
-from koala.guided import box_filter, guided_filter
+from koala.ops.guided import box_filter, guided_filter
 
 
 def box_reference(x, r):

@@ -1,4 +1,4 @@
-"""Lal et al.'s adversarial colorization with classification (koala.models.lal): sizes,
+"""Lal et al.'s adversarial colorization with classification (koala.tasks.colorize.models.lal): sizes,
 the colorize tool, serialisation, gradients, training, and the unbuilt semantic loss."""
 
 import json
@@ -13,12 +13,12 @@ import pytest
 import tensorflow as tf
 from conftest import nonzero_gradients, smooth_image
 
-import koala  # noqa: F401  (registers the models, as a user's `import koala` does)
-from koala import color
-from koala.colorize import Colorizer, colorize
-from koala.models import colorgan
-from koala.models import lal as L
-from koala.models.fusion import FusionConfig, num_bins, parameter_count_from_table
+import koala.registry  # noqa: F401  (registers koala's layers, as a user does before load_model)
+from koala.ops import color
+from koala.tasks.colorize.inference import Colorizer, colorize
+from koala.tasks.colorize.models import colorgan
+from koala.tasks.colorize.models import lal as L
+from koala.tasks.colorize.models.fusion import FusionConfig, num_bins, parameter_count_from_table
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SIZE = 32
@@ -241,8 +241,8 @@ import json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from koala import distributed
-from koala.models import lal
+from koala.core import distributed
+from koala.tasks.colorize.models import lal
 
 rng = np.random.default_rng(0)
 x = {"l": rng.uniform(-1, 1, (4, 32, 32, 1)).astype("float32"),

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-import koala  # noqa: F401  (registers koala's layers)
+import koala.registry  # noqa: F401  (registers koala's layers, as a user does before load_model)
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "legacy"
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from koala import losses, perceptual
-from koala.errors import WeightsError
+from koala.core.errors import WeightsError
+from koala.ops import perceptual
+from koala.tasks.codec import losses
 
 THETA = 70 / 127
 

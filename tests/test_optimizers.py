@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from koala import optimizers
-from koala.models import sr
+from koala.core import optimizers
+from koala.tasks.sr import models as sr
 
 
 def one_step(optimizer_name, factor):

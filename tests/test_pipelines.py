@@ -11,9 +11,9 @@ from conftest import make_photo_folder
 from PIL import Image
 from skimage import color as skcolor
 
-from koala import geometry
+from koala.core.errors import CorruptShardError, RecordsError
 from koala.data import build, features, pipelines, records
-from koala.errors import CorruptShardError, RecordsError
+from koala.ops import geometry
 
 SIZE = 32
 
@@ -219,7 +219,7 @@ def test_pipeline_refuses_missing_groups(tmp_path):
 def test_stored_rgb_decodes_exactly_like_the_loader(tmp_path):
     from conftest import smooth_image, write_image
 
-    from koala.images import load_image
+    from koala.ops.images import load_image
 
     photos = tmp_path / "photos"
     write_image(photos / "a.jpg", smooth_image(40, 56, 11), quality=85)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from koala.models import sr
-from koala.models.sr import (
+from koala.tasks.sr import models as sr
+from koala.tasks.sr.models import (
     FSRCNN,
     SRCNN,
     AutoencoderConfig,

@@ -1,4 +1,4 @@
-"""koala.train: smoke training from records, resume after a kill, NaN stop, flags."""
+"""koala.cli.train: smoke training from records, resume after a kill, NaN stop, flags."""
 
 import csv
 import os
@@ -12,10 +12,11 @@ import pytest
 import tensorflow as tf
 from conftest import make_photo_folder
 
-from koala import training
+from koala import registry
+from koala.core import trainer as training
+from koala.core.errors import KoalaError
 from koala.data import build
-from koala.errors import KoalaError
-from koala.models.fusion import FusionColorizer
+from koala.tasks.colorize.models.fusion import FusionColorizer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,7 @@ def smoke(records, workdir, **kw):
                 steps_per_epoch=2, batch_size=2, lr_boundaries=(1,), shuffle_buffer=8,
                 image_grid_count=2, mixed_precision="float32")
     base.update(kw)
-    return training.TrainConfig(**base)
+    return registry.configs(**base)
 
 
 def log_epochs(workdir):
@@ -62,7 +63,7 @@ class KillAt(keras.callbacks.Callback):
 
 
 def test_two_steps_write_every_artifact(records, tmp_path):
-    history = training.train(smoke(records, tmp_path / "run"), flags_text="--model=x\n")
+    history = training.train(*smoke(records, tmp_path / "run"), flags_text="--model=x\n")
     run = tmp_path / "run"
     assert history.epoch == [0, 1]
     assert np.all(np.isfinite(history.history["loss"]))
@@ -92,16 +93,16 @@ def test_two_steps_write_every_artifact(records, tmp_path):
 def test_resume_after_a_kill_mid_epoch(records, tmp_path):
     cfg = smoke(records, tmp_path / "run", epochs=4)
     with pytest.raises(KeyboardInterrupt):
-        training.train(cfg, extra_callbacks=[KillAt(epoch=2, batch=0)])
+        training.train(*cfg, extra_callbacks=[KillAt(epoch=2, batch=0)])
     assert log_epochs(tmp_path / "run") == [0, 1]
-    history = training.train(cfg)
+    history = training.train(*cfg)
     assert history.epoch == [2, 3], "resumed at the saved epoch, not from 0"
     assert log_epochs(tmp_path / "run") == [0, 1, 2, 3]
     backup = keras.saving.load_model(tmp_path / "run" / "last.keras")
     assert backup.optimizer.iterations.numpy() == 4 * 2  # optimizer state carried over
     # Re-running a finished run does nothing; raising --epochs continues it.
-    assert training.train(cfg).epoch == []
-    assert training.train(smoke(records, tmp_path / "run", epochs=5)).epoch == [4]
+    assert training.train(*cfg).epoch == []
+    assert training.train(*smoke(records, tmp_path / "run", epochs=5)).epoch == [4]
     assert log_epochs(tmp_path / "run") == [0, 1, 2, 3, 4]
 
 
@@ -114,16 +115,16 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_backup(records, tmp_path):
 
     cfg = smoke(records, tmp_path / "run", epochs=3)
     with pytest.raises(RuntimeError, match="(?i)nan"):
-        training.train(cfg, extra_callbacks=[Poison()])
+        training.train(*cfg, extra_callbacks=[Poison()])
     backup = tmp_path / "run" / "backup"
     assert backup.exists() and any(backup.rglob("*"))
     assert log_epochs(tmp_path / "run") == [0]
 
 
 def test_workdir_with_other_settings_is_refused(records, tmp_path):
-    training.train(smoke(records, tmp_path / "run", epochs=1))
+    training.train(*smoke(records, tmp_path / "run", epochs=1))
     with pytest.raises(KoalaError, match="batch_size"):
-        training.train(smoke(records, tmp_path / "run", epochs=1, batch_size=3))
+        training.train(*smoke(records, tmp_path / "run", epochs=1, batch_size=3))
 
 
 def test_distributed_val_batch_splits_evenly():
@@ -138,9 +139,9 @@ def test_step_schedule_and_config_validation():
     assert [lr(e) for e in (0, 99, 100, 149, 150, 299, 300, 399)] == pytest.approx(
         [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-6, 1e-7, 1e-7])
     with pytest.raises(ValueError, match="lr_boundaries"):
-        training.TrainConfig(workdir="w", train_records="r", lr_boundaries=(150, 100))
+        registry.configs(workdir="w", train_records="r", lr_boundaries=(150, 100))
     with pytest.raises(ValueError, match="unknown model"):
-        training.TrainConfig(workdir="w", train_records="r", model="pix2pix")
+        registry.configs(workdir="w", train_records="r", model="pix2pix")
     assert training.resolve_precision("auto") == "float32"  # no GPU here
 
 
@@ -177,11 +178,12 @@ def test_mirrored_strategy_on_two_logical_cpus(records, tmp_path):
 import json, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from koala import training
-cfg = training.TrainConfig(workdir={str(tmp_path / "run")!r}, train_records={records!r},
+from koala import registry
+from koala.core import trainer as training
+cfg = registry.configs(workdir={str(tmp_path / "run")!r}, train_records={records!r},
     model="fusion_small", epochs=1, steps_per_epoch=2, batch_size=4, distribute="mirrored",
     mixed_precision="float32", lr_boundaries=(1,), image_grid_count=0)
-history = training.train(cfg)
+history = training.train(*cfg)
 run = json.load(open({str(tmp_path / "run" / "run.json")!r}))
 print("RESULT", json.dumps({{"replicas": run["replicas"], "loss": history.history["loss"]}}))
 """
@@ -203,7 +205,7 @@ def test_sr_models_train_through_koala_train(records, tmp_path, model_name, upsa
     cfg = smoke(records, tmp_path / "run", model=model_name, optimizer="sgd",
                 learning_rate=1e-3, last_layer_lr_scale=0.1, scale=3, patch_size=33,
                 patches_per_image=2, batch_size=4)
-    history = training.train(cfg)
+    history = training.train(*cfg)
     assert np.all(np.isfinite(history.history["loss"]))
     assert "val_loss" in history.history
     model = keras.saving.load_model(tmp_path / "run" / "last.keras")
@@ -225,31 +227,30 @@ def test_cli_smoke_srcnn_flagfile(records, tmp_path):
 
 
 def _train_flags():
-    """koala.train's flags alone: the global FLAGS also holds other CLIs' flags (and their
-    required-flag validators) once the suite has imported them."""
+    """A fresh FlagValues with koala.cli.train's flags."""
     from absl import flags
 
-    from koala import train
+    from koala.cli import train
 
     own = flags.FlagValues()
-    for flag in train.FLAGS.get_flags_for_module(train.__name__):
-        own[flag.name] = flag
+    train.define_flags(own)
     return own
 
 
 @pytest.mark.parametrize("flagfile", sorted(p.name for p in (REPO / "experiments").glob("*.flags")))
 def test_every_flagfile_parses_into_a_valid_config(flagfile, monkeypatch):
     # A misspelt flag or a value the trainer refuses fails here, not an hour into a run.
-    from koala import train
+    from koala.cli import train
 
     monkeypatch.chdir(REPO)
     values = _train_flags()
     try:
-        values(["koala.train", f"--flagfile=experiments/{flagfile}"])
-        config = train.config_from_flags(values)
+        values(["koala.cli.train", f"--flagfile=experiments/{flagfile}"])
+        config, family = train.config_from_flags(values)
     finally:
         values.unparse_flags()
-    assert config.model in training.MODELS
+    assert config.model in registry.MODELS
+    assert isinstance(family, registry.lookup(config.model)[1].config_class)
     if not flagfile.startswith("smoke_"):  # smoke flagfiles take both on the command line
         assert config.workdir and config.train_records
 
@@ -264,9 +265,9 @@ def test_a_bad_flagfile_value_is_refused(tmp_path):
     values = _train_flags()
     try:
         with pytest.raises(flags.IllegalFlagValueError, match="crop_size must be a multiple"):
-            values(["koala.train", f"--flagfile={bad}"])
+            values(["koala.cli.train", f"--flagfile={bad}"])
         values.unparse_flags()
         with pytest.raises(flags.UnrecognizedFlagError, match="learning_rat"):
-            values(["koala.train", f"--flagfile={typo}"])
+            values(["koala.cli.train", f"--flagfile={typo}"])
     finally:
         values.unparse_flags()

@@ -1,4 +1,4 @@
-"""koala.train with the invertible grayscale codec: two stages, the optimizer reset at the
+"""koala.cli.train with the invertible grayscale codec: two stages, the optimizer reset at the
 switch, resume into stage 2, the polynomial learning rate and the smoke flagfile."""
 
 import csv
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from test_train import KillAt, _cli, log_epochs, records, smoke  # noqa: F401 (fixture)
 
-from koala import training
-from koala.models.codec import InvertibleGrayscale
+from koala import registry
+from koala.core import trainer as training
+from koala.tasks.codec.model import InvertibleGrayscale
 
 
 def codec_smoke(records, workdir, **kw):  # noqa: F811
@@ -33,11 +34,11 @@ def test_polynomial_schedule():
     assert lr(60) == pytest.approx((2e-4 - 2e-6) * 0.5 ** 0.9 + 2e-6)
     assert lr(200) == pytest.approx(2e-6)  # past the end: stays at the floor
     with pytest.raises(ValueError, match="lr_end"):
-        training.TrainConfig(workdir="w", train_records="r", learning_rate=1e-4, lr_end=1e-3)
+        registry.configs(workdir="w", train_records="r", learning_rate=1e-4, lr_end=1e-3)
 
 
 def test_two_stages_log_every_term_and_switch(records, tmp_path):  # noqa: F811
-    history = training.train(codec_smoke(records, tmp_path / "run"))
+    history = training.train(*codec_smoke(records, tmp_path / "run"))
     rows = read_log(tmp_path / "run")
     assert [int(float(r["stage"])) for r in rows] == [1, 1, 2]
     for term in ("loss", "invertibility", "lightness", "contrast", "structure",
@@ -58,9 +59,9 @@ def test_two_stages_log_every_term_and_switch(records, tmp_path):  # noqa: F811
 def test_resume_that_lands_in_stage_2(records, tmp_path):  # noqa: F811
     cfg = codec_smoke(records, tmp_path / "run", epochs=4)
     with pytest.raises(KeyboardInterrupt):  # killed during epoch 3 (stage 2 began at 2)
-        training.train(cfg, extra_callbacks=[KillAt(epoch=3, batch=0)])
+        training.train(*cfg, extra_callbacks=[KillAt(epoch=3, batch=0)])
     assert log_epochs(tmp_path / "run") == [0, 1, 2]
-    history = training.train(cfg)
+    history = training.train(*cfg)
     assert history.epoch == [3]
     rows = read_log(tmp_path / "run")
     assert [int(float(r["stage"])) for r in rows] == [1, 1, 2, 2]

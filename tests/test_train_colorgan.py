@@ -1,4 +1,4 @@
-"""ColorGAN through koala.train (smoke flagfile) and koala.colorize --samples/--seed."""
+"""ColorGAN through koala.cli.train (smoke flagfile) and koala.tasks.colorize.inference --samples/--seed."""
 
 import csv
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from test_train import REPO, _cli, log_epochs, records  # noqa: F401 (fixture)
 
-from koala import colorize
-from koala.errors import KoalaError
-from koala.models.colorgan import ColorGAN
+from koala.core.errors import KoalaError
+from koala.tasks.colorize import inference as colorize
+from koala.tasks.colorize.models.colorgan import ColorGAN
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_samples_differ_by_seed_and_repeat_with_it(trained, tmp_path):
     assert not np.array_equal(a[0], c[0])
     # The CLI writes N files per image, reproducibly from --seed.
     Image.fromarray(gray).save(tmp_path / "in.png")
-    cmd = [sys.executable, "-m", "koala.colorize", str(tmp_path / "in.png"), "-o",
+    cmd = [sys.executable, "-m", "koala.tasks.colorize.inference", str(tmp_path / "in.png"), "-o",
            str(tmp_path / "out"), "--model", str(trained / "best.keras"), "--samples=3",
            "--seed=7", "--saturation=100", "--noprogress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -65,7 +65,7 @@ def test_samples_differ_by_seed_and_repeat_with_it(trained, tmp_path):
 
 
 def test_a_fusion_model_refuses_samples(tmp_path):
-    from koala.models.fusion import fusion_small
+    from koala.tasks.colorize.models.fusion import fusion_small
 
     colorizer = colorize.Colorizer(fusion_small(image_size=32, embedder="mobilenet",
                                                 embedder_weights="none"))

@@ -1,4 +1,4 @@
-"""Lal et al.'s colorizer through koala.train (smoke flagfile), koala.colorize and evaluate."""
+"""Lal et al.'s colorizer through koala.cli.train (smoke flagfile), koala.tasks.colorize.inference and evaluate."""
 
 import csv
 import subprocess
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_train import REPO, _cli, log_epochs, records  # noqa: F401 (fixture)
 
-from koala import colorize
-from koala.models.lal import LalColorizer
+from koala.tasks.colorize import inference as colorize
+from koala.tasks.colorize.models.lal import LalColorizer
 
 
 @pytest.fixture(scope="module")

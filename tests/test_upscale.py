@@ -1,4 +1,4 @@
-"""koala.upscale: exact output sizes, tiles that join up exactly, the pipeline around the model
+"""koala.tasks.sr.inference: exact output sizes, tiles that join up exactly, the pipeline around the model
 (colour handling, bicubic input, SRCNN's reflect padding), bounded model inputs, loading, CLI."""
 
 import os
@@ -11,18 +11,13 @@ import numpy as np
 import pytest
 from conftest import smooth_image, write_image
 
-from koala import color
+from koala.cli.upscale import output_paths
+from koala.core.errors import KoalaError
 from koala.data import pipelines
-from koala.errors import KoalaError
-from koala.images import load_image
-from koala.models import sr
-from koala.upscale import (
-    Upscaler,
-    check_scale,
-    default_overlap,
-    output_paths,
-    receptive_radius,
-)
+from koala.ops import color
+from koala.ops.images import load_image
+from koala.tasks.sr import models as sr
+from koala.tasks.sr.inference import Upscaler, check_scale, default_overlap, receptive_radius
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -274,7 +269,7 @@ def test_output_paths(tmp_path):
 
 def run_cli(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "koala.upscale", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "koala.tasks.sr.inference", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,10 +1,10 @@
 """Builds sharded TFRecords from a folder of images (the library behind
 ``data_prep/build_records.py``).
 
-Pipeline, per image: load (``koala.images.load_image``: orientation, CMYK, alpha, 16-bit) ->
-fit into the model square (``koala.geometry``) -> Lab (``koala.color``) quantised and
+Pipeline, per image: load (``koala.ops.images.load_image``: orientation, CMYK, alpha, 16-bit) ->
+fit into the model square (``koala.ops.geometry``) -> Lab (``koala.ops.color``) quantised and
 PNG-encoded (``koala.data.features``) -> embedding of the grayscale, computed in batches by
-``koala.embedder.Embedder`` -> the stored RGB, capped at ``max_side``.
+``koala.ops.embedder.Embedder`` -> the stored RGB, capped at ``max_side``.
 
 Robustness:
   * A bad image is skipped and reported (path and reason, in the manifest), never fatal.
@@ -58,12 +58,12 @@ import tensorflow as tf
 from PIL import Image
 
 import koala
-from koala import color, geometry
+from koala.core.errors import ImageError, RecordsError
+from koala.core.progress import Progress
 from koala.data import features
-from koala.embedder import Embedder
-from koala.errors import ImageError, RecordsError
-from koala.images import DEFAULT_MAX_PIXELS, find_images, load_image
-from koala.progress import Progress
+from koala.ops import color, geometry
+from koala.ops.embedder import Embedder
+from koala.ops.images import DEFAULT_MAX_PIXELS, find_images, load_image
 
 log = logging.getLogger(__name__)
 
@@ -699,7 +699,7 @@ def _verdict(manifest: dict, max_skipped_fraction: float, where: str) -> tuple[b
 def build(config: BuildConfig, flags: dict | None = None, embedder=None) -> BuildResult:
     """Runs one build, or one part of a distributed one; see :class:`Builder`.
 
-    ``embedder``: an already built :class:`koala.embedder.Embedder` to reuse (tests,
+    ``embedder``: an already built :class:`koala.ops.embedder.Embedder` to reuse (tests,
     benchmarks); by default one is built from the config's embedder name and weights.
     """
     return Builder(config, flags, embedder).run()

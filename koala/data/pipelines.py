@@ -11,7 +11,7 @@ in order, with no flip and a centre crop, so evaluation is repeatable.
 
 Builders and what they yield:
   :func:`colorization_dataset`  ``({"l": (B, S, S, 1), "embedding": (B, D)}, ab (B, S, S, 2))``,
-                                L and ab scaled to [-1, 1] (``koala.color``).
+                                L and ab scaled to [-1, 1] (``koala.ops.color``).
   :func:`rgb_dataset`           ``(B, P, P, 3)`` sRGB patches in [0, 1] (the codec).
   :func:`sr_dataset`            ``(low_res, high_res)`` pairs made on the fly from the stored
                                 RGB by :func:`bicubic_downscale`, so scale and patch size are
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from koala import color
 from koala.data import features, records
+from koala.ops import color
 
 AUTOTUNE = tf.data.AUTOTUNE
 SR_CHANNELS = ("y", "rgb")

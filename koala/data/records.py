@@ -3,7 +3,7 @@
 TensorFlow reports a damaged TFRecord as ``DataLossError: corrupted record at 49796`` without
 naming the file, and ``Dataset.ignore_errors()`` silently drops the rest of the shard. So
 koala checks shards itself before reading them (:func:`verify`) and raises
-:class:`koala.errors.CorruptShardError` naming the file: against the manifest's sha256 when
+:class:`koala.core.errors.CorruptShardError` naming the file: against the manifest's sha256 when
 there is one, else by reading every record once.
 """
 
@@ -16,8 +16,8 @@ import os
 
 import tensorflow as tf
 
+from koala.core.errors import CorruptShardError, RecordsError
 from koala.data.build import MANIFEST, file_sha256
-from koala.errors import CorruptShardError, RecordsError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ paper defines a term on the [-1, 1] scale of its network (``x' = 2x - 1``), the 
 converts internally, so the numbers are the paper's: e.g. ``theta = 70/127`` is 70 grey
 levels of [-1, 1] (the authors' code's value).
 
-Y(I) is BT.601 luma, ``0.299 R + 0.587 G + 0.114 B`` (:func:`koala.color.rgb_to_luma`; the
+Y(I) is BT.601 luma, ``0.299 R + 0.587 G + 0.114 B`` (:func:`koala.ops.color.rgb_to_luma`; the
 authors' code uses ``tf.image.rgb_to_grayscale``, the same weights).
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from koala import color
+from koala.ops import color
 
 __all__ = [
     "DISTANCES",
@@ -115,7 +115,7 @@ def contrast_loss(extractor, gray, rgb, distance: str = "l1"):
     """l_c: :func:`contrast` of the perceptual features of G (replicated to 3 channels) and I.
 
     ``extractor`` maps sRGB (B, H, W, 3) in [0, 1] to features (e.g.
-    :func:`koala.perceptual.feature_extractor`, which resizes and preprocesses). Both images
+    :func:`koala.ops.perceptual.feature_extractor`, which resizes and preprocesses). Both images
     go through it in one batch of 2B.
     """
     gray3 = tf.repeat(_f32(gray), 3, axis=-1)

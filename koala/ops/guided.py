@@ -3,7 +3,7 @@
 Deep patch-wise colorization (Liang et al. 2016, SPEC §5) refines its predicted chroma with
 a guided filter whose guide is the grayscale image (radius 40, ε = 1e-4): blotches inside a
 region are averaged away while the chroma's edges follow the luminance edges.
-:mod:`koala.colorize` applies it to the predicted a*b* with ``--refine=guided``.
+:mod:`koala.tasks.colorize.inference` applies it to the predicted a*b* with ``--refine=guided``.
 
 The algorithm (gray guide I, any number of source channels p), with ``mean`` the normalised
 box filter of radius r:

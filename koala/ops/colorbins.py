@@ -41,7 +41,7 @@ from collections.abc import Iterable
 import numpy as np
 import tensorflow as tf
 
-from koala import color
+from koala.ops import color
 
 __all__ = [
     "ANNEAL_TEMPERATURE",
@@ -112,7 +112,7 @@ def ab_bins(grid: float = GRID, rule: str = "nearest") -> np.ndarray:
     """The in-gamut ab bin centres on a square grid (Zhang et al.'s quantisation).
 
     Bin centres are the points ``grid * (i, j)``, (0, 0) included. A centre is kept when
-    some sRGB colour (any lightness; D65 Lab as :mod:`koala.color`, computed in float64):
+    some sRGB colour (any lightness; D65 Lab as :mod:`koala.ops.color`, computed in float64):
 
     * ``rule="nearest"``: has it as its nearest grid point, ``round(ab / grid) * grid``
       (the centre's own ``grid``-wide cell meets the gamut's ab projection). 262 bins at

@@ -4,7 +4,7 @@ Keras 3.15's ``model.fit`` fails under MultiWorkerMirroredStrategy (keras#20585:
 convert a value (PerReplica...) ... to a Tensor"), so this mode runs :func:`fit`, a small loop
 that drives the model's own ``train_step`` through ``strategy.run`` and the ordinary Keras
 callbacks. Everything else (model, optimizer, loss, callbacks, checkpoints) is what
-``model.fit`` would use; when a later Keras fixes the bug, ``koala.training.train`` can call
+``model.fit`` would use; when a later Keras fixes the bug, ``koala.core.trainer.train`` can call
 ``model.fit`` again by changing the one line that picks :func:`fit`.
 
 The cluster comes from ``TF_CONFIG`` (see the README's "Scaling out"). Each worker:
@@ -35,7 +35,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from koala.errors import KoalaError
+from koala.core.errors import KoalaError
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ and *added* to that map, skip connections from the encoder, a PatchGAN discrimin
 Wasserstein loss, the four loss weights, the optimizers) but no layer table: the layers below
 are koala's choices, pix2pix-style (Isola et al. 2017), listed with the departures.
 
-Inputs and outputs follow koala's Lab conventions (:mod:`koala.color`,
-:mod:`koala.models.fusion`)::
+Inputs and outputs follow koala's Lab conventions (:mod:`koala.ops.color`,
+:mod:`koala.tasks.colorize.models.fusion`)::
 
     l    (B, H, W, 1)  float32, L / 50 - 1 in [-1, 1]; H, W multiples of the generator's
                        downsampling (8 for the paper sizes, 4 for ``colorgan_small``)
@@ -75,8 +75,8 @@ Objective (SPEC §4), every term a float32 mean over its elements::
         gp             = mean_b (‖∇_â D(l, â)‖_2 - 1)^2, â = ε ab + (1 - ε) G(l), ε ~ U(0, 1)
 
 with {λ_g, λ_p, λ_L1, λ_s} = {0.1, 100, 10, 1} and λ_gp = 10 (Gulrajani et al. 2017). φ is
-the frozen perceptual net (:func:`koala.perceptual.feature_extractor`), rgb(l, ab) the sRGB
-image of the Lab pair (:func:`koala.color.lab_to_srgb`), P the identity or a 1 x 1 conv
+the frozen perceptual net (:func:`koala.ops.perceptual.feature_extractor`), rgb(l, ab) the sRGB
+image of the Lab pair (:func:`koala.ops.color.lab_to_srgb`), P the identity or a 1 x 1 conv
 (departure 6). Training: Adam(β = (0.5, 0.999)), lr 1e-4 (G) and 2e-4 (D): see
 :func:`default_optimizers`.
 
@@ -115,7 +115,7 @@ Departures and choices (the paper does not say; each is a choice made here):
    sizes with VGG19 ``block4_conv4`` need neither. φ's activations are not normalised: as the
    paper writes L_s, G_f(z) is pulled to VGG's scale, and it is added to the latent at that
    scale (the decoder's BatchNorm absorbs it).
-7. **Colour for L_p**: both images are converted Lab -> sRGB by ``koala.color.lab_to_srgb``,
+7. **Colour for L_p**: both images are converted Lab -> sRGB by ``koala.ops.color.lab_to_srgb``,
    which clips to [0, 1]; out-of-gamut predictions get no perceptual gradient there (L1 and
    the critic still act). ``perceptual_size=0`` (no resize) is the default; the paper does
    not say.
@@ -134,8 +134,8 @@ import re
 import keras
 import tensorflow as tf
 
-from koala import color
-from koala.errors import KoalaError
+from koala.core.errors import KoalaError
+from koala.ops import color
 
 __all__ = [
     "ColorGAN",
@@ -426,7 +426,7 @@ class ColorGANConfig:
     gp_weight:           λ_gp, WGAN-GP's 10.
     n_critic:            critic steps per generator step (1; departure 5).
     perceptual_net:      "vgg19" (the paper's VGG) or "mobilenet" (offline alternative).
-    perceptual_weights:  "imagenet", "none" or a weights file (:mod:`koala.perceptual`).
+    perceptual_weights:  "imagenet", "none" or a weights file (:mod:`koala.ops.perceptual`).
     perceptual_layer:    the feature layer; None = the net's default (VGG19
                          ``block4_conv4``, MobileNet ``conv_pw_5_relu``).
     perceptual_size:     images are resized to this square before the net; 0 = no resize.
@@ -493,7 +493,7 @@ class ColorGANConfig:
     def layer(self) -> str:
         if self.perceptual_layer:
             return self.perceptual_layer
-        from koala.perceptual import NETS
+        from koala.ops.perceptual import NETS
 
         return NETS[self.perceptual_net].default_layer
 
@@ -518,7 +518,7 @@ def default_optimizers(g_learning_rate: float = 1e-4, d_learning_rate: float = 2
 
 
 class _Untracked:
-    """A box Keras does not look into (see :class:`koala.models.codec._Untracked`): the
+    """A box Keras does not look into (see :class:`koala.tasks.codec.model._Untracked`): the
     frozen perceptual net never enters the model's weights or its .keras file."""
 
     __slots__ = ("value",)
@@ -556,7 +556,7 @@ def _inner(optimizer):
 
 class TwoOptimizers:
     """``compile`` with a generator and a critic optimizer, for Keras models that train two
-    players in their own ``train_step`` (ColorGAN; Lal et al. in :mod:`koala.models.lal`).
+    players in their own ``train_step`` (ColorGAN; Lal et al. in :mod:`koala.tasks.colorize.models.lal`).
 
     The generator's optimizer becomes ``self.optimizer`` (Keras' own, so LearningRateScheduler,
     saving and mixed-precision wrapping apply to it), the critic's ``self.d_optimizer``.
@@ -669,8 +669,8 @@ class ColorGAN(TwoOptimizers, keras.Model):
 
     def make_perceptual(self) -> keras.Model:
         """A new frozen feature extractor as the config describes it (may raise
-        :class:`koala.errors.WeightsError`). Call inside the distribution scope."""
-        from koala import perceptual
+        :class:`koala.core.errors.WeightsError`). Call inside the distribution scope."""
+        from koala.ops import perceptual
 
         cfg = self.config
         return perceptual.feature_extractor(cfg.perceptual_net, cfg.perceptual_weights,

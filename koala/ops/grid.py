@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from koala import geometry
+from koala.ops import geometry
 
 GAP = 4  # pixels of white between cells
 

@@ -2,9 +2,9 @@
 builder and by inference, so preprocessing is identical in training and serving.
 
 What the embedder sees is *the grayscale image*, never the colour one: the source is fitted
-into the embedder's square (aspect kept, white padding; ``koala.geometry.fit_square``), its
-lightness L* is taken (``koala.color.srgb_to_lab``), turned back into a neutral sRGB image with
-that lightness (``koala.color.gray_from_l``), replicated to three channels and scaled to
+into the embedder's square (aspect kept, white padding; ``koala.ops.geometry.fit_square``), its
+lightness L* is taken (``koala.ops.color.srgb_to_lab``), turned back into a neutral sRGB image with
+that lightness (``koala.ops.color.gray_from_l``), replicated to three channels and scaled to
 [-1, 1] — exactly what the colorizer gets at inference from a grayscale photo.
 
 Embedders:
@@ -16,7 +16,7 @@ Embedders:
 Weights (``weights=``):
   ``"imagenet"``  keras.applications' ImageNet weights (downloaded once by Keras, or found in
                   ``$KERAS_HOME/models``). If they can't be had, loading fails with
-                  :class:`koala.errors.WeightsError` naming the alternatives: koala never
+                  :class:`koala.core.errors.WeightsError` naming the alternatives: koala never
                   falls back to random weights on its own.
   ``"none"``      random initialisation, for tests and offline smoke runs. Logged as a
                   warning and recorded wherever the embedding is stored. The random weights
@@ -37,8 +37,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from koala import color, geometry
-from koala.errors import WeightsError
+from koala.core.errors import WeightsError
+from koala.ops import color, geometry
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def load_application(constructor: str, weights: str, alternatives: str, *,
 
     ``weights`` is ``"imagenet"``, ``"none"`` (random, drawn from ``NONE_WEIGHTS_SEED``) or a
     local Keras weights file matching ``kwargs`` (Keras builds the net with ``weights=None``
-    and calls ``load_weights``). Shared by the embedders and by :mod:`koala.perceptual`.
+    and calls ``load_weights``). Shared by the embedders and by :mod:`koala.ops.perceptual`.
 
     Raises:
       WeightsError: the weights can't be had (offline, missing or mismatched file); the

@@ -2,7 +2,7 @@
 
 This module is the only place in koala where colour constants live (the sRGB matrix and
 transfer-function thresholds, the reference white, the Lab scaling, the BT.601 weights and
-the YCbCr matrix). Everything else, including :mod:`koala.metrics`, calls these functions.
+the YCbCr matrix). Everything else, including :mod:`koala.ops.metrics`, calls these functions.
 
 Conventions
 -----------

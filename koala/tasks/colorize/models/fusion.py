@@ -7,14 +7,14 @@ Colorization using CNNs and Inception-ResNet-v2", 2017 (arXiv:1712.03400); autho
 
 A grayscale L channel goes through a convolutional encoder; a precomputed global embedding
 (the 1000-way ImageNet softmax of a frozen classifier applied to the same grayscale image,
-see :mod:`koala.embedder`) is tiled over the encoder's grid and concatenated to it ("fusion");
+see :mod:`koala.ops.embedder`) is tiled over the encoder's grid and concatenated to it ("fusion");
 a convolutional decoder with nearest-neighbour upsampling predicts a*b*.
 
 Inputs and output (names match :func:`koala.data.pipelines.colorization_dataset`)::
 
-    "l"          (B, S, S, 1)  float32, L / 50 - 1 in [-1, 1]   (koala.color.normalize_l)
+    "l"          (B, S, S, 1)  float32, L / 50 - 1 in [-1, 1]   (koala.ops.color.normalize_l)
     "embedding"  (B, D)        float32, D = 1000 by default
-    output       (B, S, S, 2)  float32, ab / 128 in [-1, 1]      (koala.color.normalize_ab)
+    output       (B, S, S, 2)  float32, ab / 128 in [-1, 1]      (koala.ops.color.normalize_ab)
 
 S is any multiple of 8 (224 in the paper). Every conv is 3x3 ("same" padding, ReLU) unless
 marked; "BN" rows exist only with ``batch_norm=True``. Shapes and parameter counts for the
@@ -58,7 +58,7 @@ Departures from the paper and the authors' code:
    BN "after each upsampling"; the third upsampling follows the tanh output, and a BN there
    would shift and scale the prediction out of [-1, 1] (and the ab target's range), so that
    one gets none.
-2. **ab scaling**: the target is ``ab / 128`` (``koala.color.AB_SCALE``, as in the paper);
+2. **ab scaling**: the target is ``ab / 128`` (``koala.ops.color.AB_SCALE``, as in the paper);
    the original code divided by 127. This changes the data, not the network.
 3. **Where the last upsample sits**: as in the original code, the tanh comes *before* the
    final x2 nearest upsampling, so the network predicts ab at S/2 and repeats each value in
@@ -79,7 +79,7 @@ did.
 Classification head (``head="classification"``, SPEC §5)
 --------------------------------------------------------
 Zhang, Isola & Efros 2016, "Colorful Image Colorization" (as used by Lal et al. 2017): the
-network predicts a distribution over Q quantised ab bins (:func:`koala.colorbins.ab_bins`)
+network predicts a distribution over Q quantised ab bins (:func:`koala.ops.colorbins.ab_bins`)
 instead of ab, is trained with a class-rebalanced cross-entropy against soft targets, and
 decodes with the annealed mean. The encoder, fusion and decoder are the same; only the head
 changes (Q = 262 with ``bin_rule="nearest"``)::
@@ -95,17 +95,17 @@ changes (Q = 262 with ``bin_rule="nearest"``)::
     total: 6 651 494 with BN (6 576 354 - 578 + 75 718), 6 648 934 without
 
 The model's output is the same normalised ab as the regression model's, so ``predict``,
-:mod:`koala.colorize`, :mod:`koala.evaluate` and the trainer's image grids work unchanged.
+:mod:`koala.tasks.colorize.inference`, :mod:`koala.cli.evaluate` and the trainer's image grids work unchanged.
 :meth:`FusionColorizer.classify` gives ``(probs, ab)``; training (:meth:`FusionColorizer.
 train_step`) minimises :func:`rebalanced_cross_entropy` and logs ``loss`` and ``ab_mse`` (the
 MSE of the decoded ab, the regression model's loss, for comparison). The class-rebalancing
 weights live in the config (``class_weights``), so a saved model is self-contained; the
-trainer computes them from the records' bin prior (:mod:`koala.bin_prior`).
+trainer computes them from the records' bin prior (:mod:`koala.data.bin_prior`).
 
 Departures from Zhang et al. / Lal et al.:
 
 7. **Q = 262 bins** (the sRGB gamut on the grid of 10), not Zhang's 313: see
-   :mod:`koala.colorbins`.
+   :mod:`koala.ops.colorbins`.
 8. **The logits conv is 3x3** (it replaces the regression model's 3x3 ab conv one for one);
    Zhang's ``conv8_313`` is 1x1.
 9. **Resolution**: the distribution is predicted at S/2 (112 x 112 for 224 px; Zhang: S/4,
@@ -123,7 +123,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from koala import color, colorbins
+from koala.ops import color, colorbins
 
 __all__ = [
     "HEADS",
@@ -147,7 +147,8 @@ ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), 
 DECODER = (128, "up", 64, 64, "up", 32)
 AB_CHANNELS = 2
 DOWNSAMPLING = 8  # three stride-2 convs
-HEADS = ("regression", "classification")
+from koala.tasks.colorize.config import HEADS  # noqa: E402
+
 """regression: ab through tanh, MSE (the paper); classification: Q bin logits (SPEC §5)."""
 CE_EPSILON = 1e-8
 """Added to the probabilities inside the cross-entropy's log (Zhang et al.'s code)."""
@@ -168,16 +169,16 @@ class FusionConfig:
     batch_norm:     the report's BatchNorm layers (see the module docstring, departure 1).
     fusion_filters: filters of the 1x1 conv after the fusion (256 in the paper); scaled too.
     embedder, embedder_weights, embedder_fit:
-                    which :class:`koala.embedder.Embedder` makes the "embedding" input (name,
+                    which :class:`koala.ops.embedder.Embedder` makes the "embedding" input (name,
                     weights, fit). Not part of the network: recorded in the saved model so
-                    ``koala.colorize`` rebuilds the embedder the model was trained with. The
+                    ``koala.tasks.colorize.inference`` rebuilds the embedder the model was trained with. The
                     trainer copies them from the records' manifest.
     head:           "regression" (the paper) or "classification" (SPEC §5, see the module
                     docstring).
     temperature:    classification: T of the annealed-mean decoding (Zhang et al.: 0.38).
-    bin_rule:       classification: the gamut rule of the ab bins (koala.colorbins.ab_bins).
+    bin_rule:       classification: the gamut rule of the ab bins (koala.ops.colorbins.ab_bins).
     class_weights:  classification: the Q class-rebalancing weights
-                    (koala.colorbins.rebalancing_weights), kept here so that a saved model is
+                    (koala.ops.colorbins.rebalancing_weights), kept here so that a saved model is
                     self-contained; None gives every bin weight 1.
     """
 
@@ -268,7 +269,7 @@ class FusionLayer(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="koala")
 class AnnealedMean(keras.layers.Layer):
-    """Decodes ab bin distributions by their annealed mean (:func:`koala.colorbins.annealed_mean`).
+    """Decodes ab bin distributions by their annealed mean (:func:`koala.ops.colorbins.annealed_mean`).
 
     Call with probs ``(B, h, w, Q)``, non-negative, summing to 1 over Q (a softmax output);
     returns ``(B, h, w, 2)`` ab in Lab units (not normalised), float32 (the layer computes in
@@ -311,7 +312,7 @@ def rebalanced_cross_entropy(probs, ab, *, bins, class_weights=None,
 
     The target ab is average-pooled to the probabilities' grid, taken to Lab units (x 128),
     soft-encoded onto its ``neighbours`` nearest bins with a Gaussian of σ = ``sigma``
-    (Z, :func:`koala.colorbins.soft_encode`); each pixel is weighted by the class weight of
+    (Z, :func:`koala.ops.colorbins.soft_encode`); each pixel is weighted by the class weight of
     its most likely target bin, v = w[argmax_q Z_q]::
 
         loss = mean over the B*h*w pixels of  -v * sum_q Z_q * log(p_q + epsilon)
@@ -320,9 +321,9 @@ def rebalanced_cross_entropy(probs, ab, *, bins, class_weights=None,
 
     Args:
       probs: ``(B, h, w, Q)`` predicted bin probabilities (any float dtype).
-      ab: ``(B, f*h, f*w, 2)`` target ab / 128 (koala.color.normalize_ab), f a whole factor
+      ab: ``(B, f*h, f*w, 2)`` target ab / 128 (koala.ops.color.normalize_ab), f a whole factor
         (2 for the fusion model: probabilities at S/2, targets at S).
-      bins: ``(Q, 2)`` bin centres in Lab units (:func:`koala.colorbins.ab_bins`).
+      bins: ``(Q, 2)`` bin centres in Lab units (:func:`koala.ops.colorbins.ab_bins`).
       class_weights: ``(Q,)`` rebalancing weights, or None for 1 everywhere.
       neighbours, sigma: the soft encoding (Zhang et al.: 5 and 5).
       epsilon: added inside the log.

@@ -10,26 +10,26 @@ cross-entropy and decoded by the annealed mean; Lal et al. add a Wasserstein cri
 (L, ab) and a semantic classification head.
 
 Here the generator is koala's fusion colorizer with ``head="classification"``
-(:class:`koala.models.fusion.FusionColorizer`, which documents the bins, the loss and the
-decoding) and the critic is ColorGAN's PatchGAN (:func:`koala.models.colorgan.
+(:class:`koala.tasks.colorize.models.fusion.FusionColorizer`, which documents the bins, the loss and the
+decoding) and the critic is ColorGAN's PatchGAN (:func:`koala.tasks.colorize.models.colorgan.
 critic_network`). Inputs and output are the fusion model's::
 
     "l"          (B, S, S, 1)  float32, L / 50 - 1 in [-1, 1]
-    "embedding"  (B, D)        float32, the frozen classifier's softmax (koala.embedder)
+    "embedding"  (B, D)        float32, the frozen classifier's softmax (koala.ops.embedder)
     output       (B, S, S, 2)  float32, ab / 128 in [-1, 1]: the generator's decoded ab
 
-so ``predict``, :class:`koala.colorize.Colorizer` and :mod:`koala.evaluate` treat it as a
-fusion model (``model.config`` is the generator's :class:`~koala.models.fusion.FusionConfig`;
+so ``predict``, :class:`koala.tasks.colorize.inference.Colorizer` and :mod:`koala.cli.evaluate` treat it as a
+fusion model (``model.config`` is the generator's :class:`~koala.tasks.colorize.models.fusion.FusionConfig`;
 the loss weights and the critic are in ``model.lal_config``, a :class:`LalConfig`).
 
 Objective (SPEC §5: L = λ1·L_co + λ2·L_cl + λ3·L_g), every term a float32 mean::
 
     G:  loss     = λ1 class_ce + λ3 g_adv              (+ λ2 L_cl: not built, see below)
         class_ce = rebalanced cross-entropy of the bin distribution  (L_co; the generator's
-                   :meth:`~koala.models.fusion.FusionColorizer.classification_loss`)
+                   :meth:`~koala.tasks.colorize.models.fusion.FusionColorizer.classification_loss`)
         g_adv    = -mean critic(l↓, ab↓_fake)                        (L_g, Wasserstein)
     D:  d_loss   = mean critic(l↓, ab↓_fake) - mean critic(l↓, ab↓_real) + λ_gp gp
-        gp       = WGAN-GP's penalty (:func:`koala.models.colorgan.gradient_penalty`)
+        gp       = WGAN-GP's penalty (:func:`koala.tasks.colorize.models.colorgan.gradient_penalty`)
 
 where ↓ is a x2 average pooling to the grid of the bin distribution, S/2 (see departure 2).
 ``ab_mse`` (the decoded ab's MSE against the truth at S, the regression model's loss) is
@@ -47,7 +47,7 @@ Departures and choices (the survey gives no layer sizes, no λ values and no opt
    layer to a separate head trained with a softmax cross-entropy over class labels. koala's
    records have no labels; their "embedding" is the frozen ImageNet classifier's softmax for
    the image, which could serve as a soft label, but the head would have to branch off the
-   generator's fusion-level features, inside :mod:`koala.models.fusion`'s graph, which this
+   generator's fusion-level features, inside :mod:`koala.tasks.colorize.models.fusion`'s graph, which this
    model reuses unchanged. The term stays in the config so that a run records λ2 = 0.
 2. **The critic sees the prediction's grid**, as in Lal et al. (their 64 x 64 x 2 ab
    concatenated with L): (l, ab) are average-pooled x2 to S/2, where the fusion generator
@@ -83,10 +83,10 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from koala.errors import KoalaError
-from koala.models import colorgan
-from koala.models.colorgan import critic_network, gradient_penalty
-from koala.models.fusion import AB_CHANNELS, FusionColorizer, FusionConfig
+from koala.core.errors import KoalaError
+from koala.tasks.colorize.models import colorgan
+from koala.tasks.colorize.models.colorgan import critic_network, gradient_penalty
+from koala.tasks.colorize.models.fusion import AB_CHANNELS, FusionColorizer, FusionConfig
 
 __all__ = [
     "LalColorizer",
@@ -149,7 +149,7 @@ class LalConfig:
             raise NotImplementedError(
                 f"semantic_weight={self.semantic_weight}: Lal et al.'s semantic "
                 f"classification loss L_cl needs a class head on the generator's features, "
-                f"which koala does not build (koala.models.lal, departure 1); use "
+                f"which koala does not build (koala.tasks.colorize.models.lal, departure 1); use "
                 f"semantic_weight=0")
         if not isinstance(self.n_critic, int) or isinstance(self.n_critic, bool) \
                 or self.n_critic < 1:
@@ -204,7 +204,7 @@ class LalColorizer(colorgan.TwoOptimizers, keras.Model):
         generator_config = FusionConfig(head="classification", **config)
         super().__init__(name=name, **kwargs)
         self.generator = FusionColorizer(name="generator", **dataclasses.asdict(generator_config))
-        # The generator's config (image size, embedder): what koala.colorize needs.
+        # The generator's config (image size, embedder): what koala.tasks.colorize.inference needs.
         self.config = self.generator.config
         self.critic = critic_network(self.lal_config.critic_widths, self.lal_config.critic_norm,
                                      name="critic")
@@ -351,7 +351,7 @@ class LalColorizer(colorgan.TwoOptimizers, keras.Model):
 def lal(**kwargs) -> LalColorizer:
     """The paper-size model: the fusion classification colorizer (S = 224, FusionConfig's
     defaults) and ColorGAN's paper critic; keyword arguments override any field of
-    :class:`~koala.models.fusion.FusionConfig` (except ``head``) or :class:`LalConfig`."""
+    :class:`~koala.tasks.colorize.models.fusion.FusionConfig` (except ``head``) or :class:`LalConfig`."""
     return LalColorizer(**kwargs)
 
 

@@ -17,17 +17,17 @@ Networks and their default layers (both stride 8, so a 224 px input gives 28 x 2
     mobilenet  conv_pw_5_relu C = 256  MobileNet v1, alpha 1.0: a real ImageNet copy ships
                                       in the project's shared weights, for offline work
 
-Weights (``weights=``), loaded by :func:`koala.embedder.load_application` as the embedders':
+Weights (``weights=``), loaded by :func:`koala.ops.embedder.load_application` as the embedders':
   ``"imagenet"``  keras.applications' ImageNet weights without the classifier top
                   (downloaded once by Keras or found in ``$KERAS_HOME/models``).
   ``"none"``      random initialisation (seeded): for tests and smoke runs only; the
                   "contrast" it measures carries no perception. Logged as a warning.
   a path          a local Keras weights file for the *full* classifier, with its top, at
                   224 x 224 (e.g. ``../shared/weights/mobilenet_1_0_224_imagenet.weights.h5``).
-If the weights can't be loaded, :class:`koala.errors.WeightsError` names the alternatives;
+If the weights can't be loaded, :class:`koala.core.errors.WeightsError` names the alternatives;
 koala never falls back to random weights on its own.
 
-The extractor is not part of any saved model: :class:`koala.models.codec.InvertibleGrayscale`
+The extractor is not part of any saved model: :class:`koala.tasks.codec.model.InvertibleGrayscale`
 keeps it outside Keras' tracking, and the trainer rebuilds it from the model's config.
 """
 
@@ -39,7 +39,7 @@ import logging
 import keras
 from keras import ops
 
-from koala.embedder import load_application
+from koala.ops.embedder import load_application
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ conv3/c + ReLU -> conv3/c, plus the identity: 2 * 9 * c * c parameters::
 
 Widths scale with ``filters``: f, 2f, 4f in the encoder, f and 4f in the decoder.
 
-Loss (SPEC §2), on the [-1, 1] scale, terms in :mod:`koala.losses`::
+Loss (SPEC §2), on the [-1, 1] scale, terms in :mod:`koala.tasks.codec.losses`::
 
     L = w_V * L_V + w_l * l_l + w_c * l_c + w_s * l_s + w_Q * L_Q
 
@@ -79,7 +79,7 @@ Departures from the paper and the authors' code:
    the 256 levels. Evaluation must round G to 8 bits (a real PNG round trip) and decode
    that, which ``model.decoder`` alone does.
 3. **Local structure** is the paper's per-pixel L1 of horizontal and vertical finite
-   differences (:func:`koala.losses.structure`) in both presets. The authors' "TV" term is
+   differences (:func:`koala.tasks.codec.losses.structure`) in both presets. The authors' "TV" term is
    different: ``|mean_b TV(G) - mean_b TV(Y)| / 256^2``, a difference of *global* total
    variations, which lets local structure move as long as the total is unchanged; it is not
    implemented.
@@ -97,7 +97,7 @@ Departures from the paper and the authors' code:
 7. **Perceptual network**: ImageNet VGG19 can't be downloaded offline; ``perceptual_net=
    "mobilenet"`` with the project's ImageNet MobileNet (layer ``conv_pw_5_relu``, also
    stride 8) is the offline alternative, ``perceptual_weights="none"`` a random one for
-   smoke runs, ``contrast_weight=0`` drops the term (see :mod:`koala.perceptual`).
+   smoke runs, ``contrast_weight=0`` drops the term (see :mod:`koala.ops.perceptual`).
 8. ``codec_small`` (f = 16, fewer residual blocks) exists for tests and CPU smoke runs, not
    for results. Any H, W that are multiples of 4 work (the paper trains on 256 x 256 crops).
 """
@@ -112,8 +112,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from koala import losses
-from koala.errors import KoalaError
+from koala.core.errors import KoalaError
+from koala.tasks.codec import losses
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class CodecConfig:
     loss_preset:        "paper" or "authors" (:data:`PRESETS`).
     theta:              lightness slack on the [-1, 1] scale (70/127).
     perceptual_net:     "vgg19" (the paper) or "mobilenet" (offline alternative).
-    perceptual_weights: "imagenet", "none" or a weights file (:mod:`koala.perceptual`).
+    perceptual_weights: "imagenet", "none" or a weights file (:mod:`koala.ops.perceptual`).
     perceptual_layer:   the feature layer; None = the preset's VGG19 layer, or
                         MobileNet's ``conv_pw_5_relu``.
     perceptual_size:    both images are resized to this square before the network (224,
@@ -356,7 +356,7 @@ class CodecConfig:
             return self.perceptual_layer
         if self.perceptual_net == "vgg19":
             return self.preset.vgg_layer
-        from koala.perceptual import NETS  # the MobileNet default lives there
+        from koala.ops.perceptual import NETS  # the MobileNet default lives there
 
         return NETS[self.perceptual_net].default_layer
 
@@ -413,7 +413,7 @@ class InvertibleGrayscale(keras.Model):
     functional models that can be used and saved on their own.
 
     Training: ``compile(optimizer=...)`` (no ``loss``: :meth:`train_step` computes the terms
-    of :mod:`koala.losses` and weighs them with the current stage's :meth:`loss_weights`),
+    of :mod:`koala.tasks.codec.losses` and weighs them with the current stage's :meth:`loss_weights`),
     then ``fit`` on a dataset of RGB batches (or ``(rgb, ...)`` tuples). Logs ``loss``, each
     term in ``TERMS`` and ``stage``; validation logs ``val_`` of each. When the contrast term
     is weighted, attach a perceptual net first: ``model.set_perceptual(
@@ -483,8 +483,8 @@ class InvertibleGrayscale(keras.Model):
 
     def make_perceptual(self) -> keras.Model:
         """A new frozen feature extractor as the config describes it (may raise
-        :class:`koala.errors.WeightsError`). Call inside the distribution scope."""
-        from koala import perceptual
+        :class:`koala.core.errors.WeightsError`). Call inside the distribution scope."""
+        from koala.ops import perceptual
 
         cfg = self.config
         return perceptual.feature_extractor(

@@ -1,9 +1,9 @@
-"""koala's Keras models, one module per paper family.
+"""Saving and loading koala's ``.keras`` files: atomic saves, checked loads.
 
-Importing this package (``import koala`` does) registers every koala layer and model with
-Keras' serialisation, so a saved ``.keras`` file reloads with plain
-``keras.saving.load_model(path)`` and no ``custom_objects``. Models are looked up by name only
-in ``koala.training.MODELS``.
+Loading through :func:`load` first imports :mod:`koala.registry`, which imports every model
+family and so registers every koala layer and model with Keras' serialisation (their
+registered names, ``koala>FusionColorizer`` ..., are the file format's contract). A user who
+loads with plain ``keras.saving.load_model`` does ``import koala.registry`` first.
 """
 
 import os
@@ -11,27 +11,14 @@ import zipfile
 
 import keras
 
-from koala.errors import KoalaError
-from koala.models import (
-    codec,  # noqa: F401  (registers InvertibleGrayscale)
-    colorgan,  # noqa: F401  (registers ColorGenerator, ColorGAN)
-    fusion,  # noqa: F401  (registers FusionLayer, FusionColorizer)
-    lal,  # noqa: F401  (registers LalColorizer)
-    sr,  # noqa: F401  (registers SRCNN, FSRCNN, SRAutoencoder)
-)
+from koala.core.errors import KoalaError
+from koala.core.io import atomic_write
 
 
 def save(model: keras.Model, path) -> None:
-    """``model.save`` to a temporary name in the same folder, then a rename over ``path``: a
-    kill never leaves a half-written ``.keras`` (the temporary file is removed on failure)."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``model.save`` through :func:`koala.core.io.atomic_write`: a kill never leaves a
+    half-written ``.keras`` (the temporary file is removed on failure)."""
+    atomic_write(path, model.save, fsync=False)
 
 
 def load(path, types: tuple, kind: str) -> keras.Model:
@@ -41,6 +28,8 @@ def load(path, types: tuple, kind: str) -> keras.Model:
       KoalaError: the file is missing, is not a loadable Keras model, or holds a model that
         is not one of ``types`` (``kind`` names what was expected, for the message).
     """
+    import koala.registry  # noqa: F401  (registers every koala layer and model)
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise KoalaError(f"model file not found: {path}")

@@ -7,9 +7,9 @@ import pathlib
 import sys
 from collections.abc import Callable
 
-from koala import images
-from koala.errors import ImageError, KoalaError
-from koala.progress import Progress
+from koala.core.errors import ImageError, KoalaError
+from koala.core.progress import Progress
+from koala.ops import images
 
 
 def output_paths(inputs, output_dir, suffix: str, *, companions=(),
@@ -17,7 +17,7 @@ def output_paths(inputs, output_dir, suffix: str, *, companions=(),
     """``(input file, output PNG)`` pairs for a command line's inputs.
 
     A file maps to ``output_dir/<stem><suffix>.png``; a folder's images (found recursively by
-    :func:`koala.images.find_images`) keep their sub-folders under ``output_dir``. The same
+    :func:`koala.ops.images.find_images`) keep their sub-folders under ``output_dir``. The same
     file named twice is processed once. ``companions`` are other suffixes each output writes
     beside it (``"_grid"`` -> ``<stem><suffix>_grid.png``); they are checked for clashes too.
 
@@ -68,7 +68,7 @@ def process(pairs, handle: Callable, *, desc: str, max_pixels: int,
             progress: bool = True) -> tuple[int, int]:
     """Loads each input and calls ``handle(loaded_image, output_path)``, which writes.
 
-    A bad input (:class:`koala.errors.ImageError`) or a failed write is reported on stderr as
+    A bad input (:class:`koala.core.errors.ImageError`) or a failed write is reported on stderr as
     ``path: reason`` and skipped; the loop goes on. Returns (done, failed).
     """
     done = failed = 0

@@ -1,0 +1,63 @@
+"""One atomic writer for every file koala writes (reports, logs, manifests, PNGs, models).
+
+A file is written under a temporary name in its own folder and renamed over the target, so a
+reader (or a resumed run) sees the old file or the new one, never half of one. Local paths are
+fsynced before the rename; other file systems (``gs://``...) go through ``tf.io.gfile``, whose
+rename is the best a bucket offers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+_REMOTE = ("gs://", "s3://", "hdfs://")
+
+
+def _is_remote(path: str) -> bool:
+    return path.startswith(_REMOTE)
+
+
+def atomic_write(path, data: str | bytes | Callable[[str], None], *, fsync: bool = True) -> None:
+    """Writes ``data`` to ``path`` atomically.
+
+    Args:
+      path: the target file; its folder must exist.
+      data: text (UTF-8), bytes, or a function that writes the file at the temporary path it
+        is given (``model.save``, ``image.save``, ...).
+      fsync: flush the data to disk before the rename (local paths).
+    """
+    path = os.fspath(path)
+    folder, base = os.path.split(path)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{base}")
+    if _is_remote(path):
+        import tensorflow as tf  # only for bucket paths
+
+        if callable(data):
+            raise ValueError(f"{path}: a writer function needs a local path")
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+        return
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(path, obj, *, indent: int = 2) -> None:
+    """``obj`` as JSON text (UTF-8, not ASCII-escaped), written atomically."""
+    atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")

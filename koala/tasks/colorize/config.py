@@ -1,0 +1,73 @@
+"""The colorize family's settings: inference constants and the training config.
+
+Kept free of TensorFlow and Keras imports, so a command line can build its flags from them
+(``python -m koala.colorize --help`` imports nothing heavy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+DEFAULT_SATURATION = 1.2
+"""SPEC §1: the report multiplies the predicted a*b* by 1.2 (raw outputs looked dull)."""
+
+REFINES = ("none", "guided")
+"""Chroma refinements: none, or a guided filter with the lightness as guide (SPEC §5)."""
+DEFAULT_RADIUS = 40
+"""Guided-filter radius in full-resolution pixels (Liang et al. 2016: 40)."""
+DEFAULT_EPS = 1e-4
+"""Guided-filter ε for a guide in [0, 1] (Liang et al. 2016: 1e-4)."""
+
+INFERENCE_FIT = "pad"
+"""How the network's square is made at inference: always pad, so no part of the image is cut."""
+
+HEADS = ("regression", "classification")
+"""Fusion heads: tanh ab with MSE (SPEC §1), or Zhang et al.'s ab-bin distribution (SPEC §5)."""
+# koala.ops.colorbins.ANNEAL_TEMPERATURE and REBALANCE_LAMBDA, written out so that this
+# module imports no TensorFlow (tests/test_run_config.py checks they agree).
+ANNEAL_TEMPERATURE = 0.38
+"""Zhang et al.'s annealed-mean temperature (SPEC §5)."""
+REBALANCE_LAMBDA = 0.5
+"""Zhang et al.'s class-rebalancing λ (SPEC §5)."""
+PERCEPTUAL_NETS = ("vgg19", "mobilenet")
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorizeTrainConfig:
+    """What training a colorizer (fusion, Lal et al., ColorGAN) needs beyond the run config.
+
+    batch_norm:       fusion: the report's BatchNorm layers (False = the paper's code).
+    filters_scale:    fusion: multiply every filter count (None: the model's own, 1 = paper).
+    head:             fusion: regression or classification (Lal et al. always classifies).
+    temperature:      classification: annealed-mean temperature.
+    ab_prior:         classification: the records' ab bin prior (.npz); None: ab_prior.npz
+                      beside the training records.
+    rebalance_lambda: classification: λ of the rebalancing weights ((1 - λ)·prior + λ/Q)^-1.
+    perceptual_net, perceptual_weights, perceptual_size:
+                      ColorGAN's perceptual terms: the network, its weights (imagenet, none or
+                      a file) and the square images are resized to (0: no resize).
+    """
+
+    batch_norm: bool = True
+    filters_scale: float | None = None
+    head: str = "regression"
+    temperature: float = ANNEAL_TEMPERATURE
+    ab_prior: str | None = None
+    rebalance_lambda: float = REBALANCE_LAMBDA
+    perceptual_net: str = "vgg19"
+    perceptual_weights: str = "imagenet"
+    perceptual_size: int = 224
+
+    def __post_init__(self):
+        checks = [
+            (self.filters_scale is None or self.filters_scale > 0, "filters_scale must be > 0"),
+            (self.head in HEADS, f"head must be one of {HEADS}"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (0 <= self.rebalance_lambda <= 1, "rebalance_lambda must be in [0, 1]"),
+            (self.perceptual_net in PERCEPTUAL_NETS,
+             f"perceptual_net must be one of {PERCEPTUAL_NETS}"),
+            (self.perceptual_size >= 0, "perceptual_size must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

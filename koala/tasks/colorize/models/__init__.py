@@ -1,0 +1,1 @@
+"""koala.tasks.colorize.models."""
