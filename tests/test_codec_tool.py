@@ -224,7 +224,7 @@ def test_export_writes_halves_that_reload_plainly(tmp_path, small):
 
 def run_cli(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "koala.tasks.codec.inference", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "koala.codec", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 

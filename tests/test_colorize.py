@@ -13,6 +13,8 @@ import tensorflow as tf
 from conftest import smooth_image, write_image
 from PIL import Image
 
+from koala.cli import colorize as colorize_cli
+from koala.cli import common
 from koala.cli.colorize import output_paths
 from koala.core.errors import KoalaError
 from koala.ops import color, geometry
@@ -294,11 +296,19 @@ def test_output_paths(tmp_path):
         output_paths([tmp_path / "nope"], out)
 
 
-# --- Command line (subprocesses: each pays the TensorFlow import) --------------------------
+# --- Command line: main(argv) in-process, plus one subprocess smoke test ---------------------
+
+def main(*args):
+    """koala.cli.colorize.main in-process: its exit status."""
+    try:
+        return colorize_cli.main(["koala.colorize", *map(str, args)])
+    except common.Exit as e:
+        return e.status
+
 
 def run_cli(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "koala.tasks.colorize.inference", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "koala.colorize", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -325,14 +335,14 @@ def test_cli_folder_with_a_bad_file(tmp_path, saved_model):
 
 
 @pytest.mark.slow
-def test_cli_missing_model_is_a_one_line_error(tmp_path):
+def test_cli_missing_model_is_a_one_line_error(tmp_path, capsys):
     write_image(tmp_path / "x.png", smooth_image(16, 16))
     missing = tmp_path / "missing.keras"
-    result = run_cli(tmp_path / "x.png", "-o", tmp_path / "out", "--model", missing)
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert main(tmp_path / "x.png", "-o", tmp_path / "out", "--model", missing) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: model file not found: {missing}"]
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -340,9 +350,8 @@ def test_cli_guided_refinement(tmp_path, saved_model, colorizer):
     rgb = smooth_image(36, 52, seed=13)
     write_image(tmp_path / "in.png", rgb)
     out = tmp_path / "out"
-    result = run_cli(tmp_path / "in.png", "-o", out, "--model", saved_model[1],
-                     "--refine=guided", "--radius=8", "--eps=1e-3", "--noprogress")
-    assert result.returncode == 0, result.stderr
+    assert main(tmp_path / "in.png", "-o", out, "--model", saved_model[1],
+                "--refine=guided", "--radius=8", "--eps=1e-3", "--noprogress") == 0
     got = load_image(out / "in_color.png").rgb
     expected = colorizer.colorize(rgb, refine="guided", radius=8, eps=1e-3)
     assert got.shape == (36, 52, 3)

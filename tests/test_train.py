@@ -163,13 +163,23 @@ def test_cli_flagfile_and_reproduction(records, tmp_path):
     assert "done: 0 epoch(s)" in again.stdout
 
 
-def test_cli_rejects_bad_flags(tmp_path):
-    proc = _cli("--lr_boundaries=150,100", "--train_records=x", f"--workdir={tmp_path}")
-    assert proc.returncode != 0 and "--lr_boundaries" in proc.stderr
-    proc = _cli("--mixed_precision=fp8", "--train_records=x", f"--workdir={tmp_path}")
-    assert proc.returncode != 0 and "mixed_precision" in proc.stderr
-    proc = _cli(f"--workdir={tmp_path}")
-    assert proc.returncode != 0 and "train_records" in proc.stderr
+def _main(*args):
+    """koala.cli.train.main in-process (a fresh FlagValues each call): its exit status."""
+    from koala.cli import common, train
+
+    try:
+        return train.main(["koala.train", *map(str, args)])
+    except common.Exit as e:
+        return e.status
+
+
+def test_cli_rejects_bad_flags(tmp_path, capsys):
+    assert _main("--lr_boundaries=150,100", "--train_records=x", f"--workdir={tmp_path}") == 2
+    assert "--lr_boundaries" in capsys.readouterr().err
+    assert _main("--mixed_precision=fp8", "--train_records=x", f"--workdir={tmp_path}") == 2
+    assert "mixed_precision" in capsys.readouterr().err
+    assert _main(f"--workdir={tmp_path}") == 2
+    assert "train_records" in capsys.readouterr().err
 
 
 def test_mirrored_strategy_on_two_logical_cpus(records, tmp_path):
@@ -217,10 +227,10 @@ def test_sr_models_train_through_koala_train(records, tmp_path, model_name, upsa
     assert out.shape[1] == (21 if upsampled else 33)
 
 
-def test_cli_smoke_srcnn_flagfile(records, tmp_path):
-    proc = _cli("--flagfile=experiments/smoke_srcnn.flags", f"--train_records={records}",
-                f"--workdir={tmp_path / 'run'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_cli_smoke_srcnn_flagfile(records, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert _main("--flagfile=experiments/smoke_srcnn.flags", f"--train_records={records}",
+                 f"--workdir={tmp_path / 'run'}") == 0
     assert log_epochs(tmp_path / "run") == [0, 1]
     model = keras.saving.load_model(tmp_path / "run" / "best.keras")
     assert type(model).__name__ == "SRCNN" and model.config.scale == 3

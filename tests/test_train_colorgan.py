@@ -54,7 +54,7 @@ def test_samples_differ_by_seed_and_repeat_with_it(trained, tmp_path):
     assert not np.array_equal(a[0], c[0])
     # The CLI writes N files per image, reproducibly from --seed.
     Image.fromarray(gray).save(tmp_path / "in.png")
-    cmd = [sys.executable, "-m", "koala.tasks.colorize.inference", str(tmp_path / "in.png"), "-o",
+    cmd = [sys.executable, "-m", "koala.colorize", str(tmp_path / "in.png"), "-o",
            str(tmp_path / "out"), "--model", str(trained / "best.keras"), "--samples=3",
            "--seed=7", "--saturation=100", "--noprogress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)

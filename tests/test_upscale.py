@@ -269,7 +269,7 @@ def test_output_paths(tmp_path):
 
 def run_cli(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "koala.tasks.sr.inference", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "koala.upscale", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,5 +1,5 @@
 """Training the invertible-grayscale codec through the generic trainer: RGB crops in [0, 1],
-two stages (:class:`koala.tasks.codec.model.CodecStages`), the loss terms in the model's own
+two stages (:class:`koala.tasks.codec.stages.CodecStages`), the loss terms in the model's own
 ``train_step``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tensorflow as tf
 from koala.core.task import Datasets, ModelEntry
 from koala.data import pipelines
 from koala.ops import grid
-from koala.tasks.codec import model as codec
+from koala.tasks.codec import stages
 from koala.tasks.codec.config import DEFAULT_CROP, CodecTrainConfig
 
 
@@ -56,7 +56,7 @@ class CodecTask:
         return Datasets(train, val)
 
     def callbacks(self, model, run, cfg: CodecTrainConfig) -> list:
-        return [codec.CodecStages(cfg.stage2_epoch)]
+        return [stages.CodecStages(cfg.stage2_epoch)]
 
     def preview(self, model, examples):
         """[input | grayscale | restored]; the grayscale rounded to 8 bits before decoding,
