@@ -1,6 +1,8 @@
 """build_records end to end on tmp folders of good and bad files: counts, manifest, shards,
 split stability, resume after a simulated kill, refusal to mix settings, the CLI."""
 
+import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -184,6 +186,35 @@ def test_grayscale_source_is_flagged_and_colourless(tmp_path, mobilenet_none):
     assert int(ex[features.WAS_GRAYSCALE]) == 1
     ab = features.decode_ab(ex[features.AB]).numpy()
     assert np.abs(ab).max() <= 1.0  # neutral: only quantisation of the tiny Lab residue
+
+
+def test_a_name_that_is_not_utf8_is_built_skipped_and_resumed(tmp_path):
+    """Issue 19: a file name that is not valid UTF-8 (Latin-1 b"caf\\xe9") crashed the split
+    hash. It is hashed by its bytes and recorded escaped; a UTF-8 name keeps its split."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    odd = os.fsdecode(b"caf\xe9.png")  # "caf\udce9.png", as os.walk gives it
+    try:
+        write_image(photos / odd, smooth_image(30, 40, 7))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses a file name that is not UTF-8")
+    (photos / os.fsdecode(b"bad\xff.jpg")).write_bytes(b"junk")
+    write_image(photos / "plain.png", smooth_image(30, 40, 8))
+    cfg = config(tmp_path, groups=("rgb",), val_fraction=0.0)
+    result = build.build(cfg)
+    assert result.ok, result.message
+    assert read_names(tmp_path / "records") == ["caf\\xe9.png", "plain.png"]
+    assert [s["path"] for s in result.manifest["skipped"]] == ["bad\\xff.jpg"]
+    json.dumps(result.manifest, ensure_ascii=False).encode("utf-8")  # printable everywhere
+    # Resuming reads the name back from the state files: nothing is rebuilt.
+    shards = sorted((tmp_path / "records").glob("train-*"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    assert build.build(dataclasses.replace(cfg, resume=True)).ok
+    assert [p.stat().st_mtime_ns for p in shards] == stamps
+    assert build.split_of(odd, 0.5) in build.SPLITS and 0 <= build.part_of(odd, 3) < 3
+    for name in ("plain.png", "dir/img1.jpg", "\u00e9t\u00e9.png"):  # the hash of before
+        h = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
+        assert build.split_of(name, 0.5) == ("val" if h / 2.0**64 < 0.5 else "train")
 
 
 def test_config_validation():

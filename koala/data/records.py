@@ -17,7 +17,7 @@ import os
 import tensorflow as tf
 
 from koala.core.errors import CorruptShardError, RecordsError
-from koala.data.build import MANIFEST, file_sha256
+from koala.data.build.plan import MANIFEST, file_sha256
 
 
 @dataclasses.dataclass(frozen=True)
