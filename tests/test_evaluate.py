@@ -1,5 +1,6 @@
-"""koala.cli.evaluate --task=colorize: per-image and mean metrics against the gray baseline, the
-report files, and the command line. A tiny random fusion model; images built in tmp_path."""
+"""koala.tasks.colorize.evaluator and koala.cli.evaluate --task=colorize: per-image and mean
+metrics against the gray baseline, the report files, and the command line. A tiny random
+fusion model; images built in tmp_path."""
 
 import json
 import math
@@ -14,9 +15,12 @@ from conftest import smooth_image, write_image
 from PIL import Image
 
 from koala.cli import evaluate
+from koala.cli.common import Exit
 from koala.core.errors import KoalaError
+from koala.core.report import to_json
 from koala.ops import metrics
 from koala.ops.grid import GAP
+from koala.tasks.colorize import evaluator
 from koala.tasks.colorize.inference import Colorizer, gray_baseline
 from koala.tasks.colorize.models.fusion import fusion_small
 
@@ -30,6 +34,23 @@ class Perfect:
 
     def colorize(self, image, *, saturation):
         return np.array(image, np.uint8)
+
+
+def linked_models(model_path, folder) -> list[str]:
+    """The model file hard-linked as run1/<name> and run2/<name> under ``folder``."""
+    paths = []
+    for run in ("run1", "run2"):
+        (folder / run).mkdir()
+        os.link(model_path, folder / run / model_path.name)
+        paths.append(str(folder / run / model_path.name))
+    return paths
+
+
+def run_cli(*args):
+    """``python -m koala.evaluate ARGS`` in a subprocess, as users run it."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "koala.evaluate", *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +81,20 @@ def report(photos, model_path, mobilenet_none):
 
     colorizer = Colorizer(keras.saving.load_model(model_path), embedder=mobilenet_none)
     paths = sorted(photos.rglob("*.*"))
-    return evaluate.colorize_report({"tiny": colorizer, "perfect": Perfect()}, paths,
-                                    saturation=1.2, root=photos)
+    return evaluator.colorize_report({"tiny": colorizer, "perfect": Perfect()}, paths,
+                                     saturation=1.2, root=photos)
 
 
 def test_model_names_are_stems_made_unique():
-    assert evaluate.model_names(["runs/a/model.keras", "runs/b.keras"]) == ["model", "b"]
-    assert evaluate.model_names(["a/m.keras", "b/m.keras"]) == ["a/m", "b/m"]
-    assert evaluate.model_names(["a/m.keras", "a/m.keras"]) == ["a/m", "a/m#2"]
-    assert evaluate.model_names(["r1/train/best.keras", "r2/train/best.keras"]) == [
+    assert evaluator.model_names(["runs/a/model.keras", "runs/b.keras"]) == ["model", "b"]
+    assert evaluator.model_names(["a/m.keras", "b/m.keras"]) == ["a/m", "b/m"]
+    assert evaluator.model_names(["a/m.keras", "a/m.keras"]) == ["a/m", "a/m#2"]
+    assert evaluator.model_names(["r1/train/best.keras", "r2/train/best.keras"]) == [
         "r1/train/best", "r2/train/best"]
     here = pathlib.Path.cwd().name  # a bare file name is in the current folder
-    assert evaluate.model_names(["m.keras", "m.keras"]) == [f"{here}/m", f"{here}/m#2"]
+    assert evaluator.model_names(["m.keras", "m.keras"]) == [f"{here}/m", f"{here}/m#2"]
     # Names the report already uses for its own keys get the folder in front.
-    assert evaluate.model_names(["x/gray.keras", "y/truth.keras"]) == ["x/gray", "y/truth"]
+    assert evaluator.model_names(["x/gray.keras", "y/truth.keras"]) == ["x/gray", "y/truth"]
 
 
 def test_report_has_every_image_with_the_baseline_and_both_models(report):
@@ -127,7 +148,7 @@ def test_mean_is_the_arithmetic_mean_over_images(report):
 def test_colourless_truth_is_reproduced_by_the_baseline(tmp_path):
     ramp = np.repeat(np.linspace(20, 235, 48).astype(np.uint8)[None, :, None], 32, axis=0)
     path = write_image(tmp_path / "gray.png", np.repeat(ramp, 3, axis=2))
-    entry = evaluate.colorize_report({}, [path])["per_image"][0]
+    entry = evaluator.colorize_report({}, [path])["per_image"][0]
     assert entry["truth_colorfulness"] == 0.0
     assert entry["gray"]["psnr"] > 45  # L -> Lab(L, 0, 0) -> sRGB: off by rounding at most
     assert entry["gray"]["colorfulness"] < 0.5 and entry["gray"]["delta_e00"] < 0.5
@@ -135,17 +156,17 @@ def test_colourless_truth_is_reproduced_by_the_baseline(tmp_path):
 
 def test_tiny_images_have_no_ssim_and_max_images_stops_early(tmp_path):
     small = [write_image(tmp_path / f"s{i}.png", smooth_image(8, 30, seed=i)) for i in range(3)]
-    result = evaluate.colorize_report({"perfect": Perfect()}, small, max_images=2)
+    result = evaluator.colorize_report({"perfect": Perfect()}, small, max_images=2)
     assert result["images"] == 2
     assert all(e[m]["ssim"] is None for e in result["per_image"] for m in ("gray", "perfect"))
     assert result["mean"]["gray"]["ssim"] is None
     assert math.isfinite(result["mean"]["gray"]["psnr"])
     with pytest.raises(ValueError, match="reserved"):
-        evaluate.colorize_report({"gray": Perfect()}, small)
+        evaluator.colorize_report({"gray": Perfect()}, small)
 
 
 def test_json_writes_inf_as_a_string_and_is_strict(report):
-    text = evaluate.to_json(report)
+    text = to_json(report)
 
     def refuse(constant):
         raise AssertionError(f"non-standard JSON constant {constant}")
@@ -157,15 +178,11 @@ def test_json_writes_inf_as_a_string_and_is_strict(report):
 
 def test_evaluate_colorize_writes_json_markdown_and_grid(photos, model_path, tmp_path):
     # The same model twice (two folders): one table, two model columns, distinct names.
-    paths = []
-    for folder in ("run1", "run2"):
-        (tmp_path / folder).mkdir()
-        os.link(model_path, tmp_path / folder / "tiny.keras")
-        paths.append(str(tmp_path / folder / "tiny.keras"))
+    paths = linked_models(model_path, tmp_path)
     out = tmp_path / "out"
-    config = evaluate.ColorizeEvalConfig(models=tuple(paths), images=str(photos),
-                                         output_dir=str(out), grid_height=30, progress=False)
-    result = evaluate.evaluate_colorize(config)
+    config = evaluator.ColorizeEvalConfig(models=tuple(paths), images=str(photos),
+                                          output_dir=str(out), grid_height=30, progress=False)
+    result = evaluator.evaluate_colorize(config)
 
     data = json.loads((out / "metrics.json").read_text())
     assert data["task"] == "colorize" and data["images"] == 3 and data["saturation"] == 1.2
@@ -191,50 +208,88 @@ def test_evaluate_colorize_writes_json_markdown_and_grid(photos, model_path, tmp
 
 def test_evaluate_colorize_input_errors(photos, model_path, tmp_path):
     def config(models, images):
-        return evaluate.ColorizeEvalConfig(models=models, images=str(images),
-                                           output_dir=str(tmp_path / "out"), progress=False)
+        return evaluator.ColorizeEvalConfig(models=models, images=str(images),
+                                            output_dir=str(tmp_path / "out"), progress=False)
 
     with pytest.raises(KoalaError, match="model file not found"):
-        evaluate.evaluate_colorize(config((str(tmp_path / "nope.keras"),), photos))
+        evaluator.evaluate_colorize(config((str(tmp_path / "nope.keras"),), photos))
     with pytest.raises(KoalaError, match="no such file or folder"):
-        evaluate.evaluate_colorize(config((str(model_path),), tmp_path / "missing"))
+        evaluator.evaluate_colorize(config((str(model_path),), tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(evaluate.NoUsableImagesError):
-        evaluate.evaluate_colorize(config((str(model_path),), tmp_path / "empty"))
+    with pytest.raises(evaluator.NoUsableImagesError):
+        evaluator.evaluate_colorize(config((str(model_path),), tmp_path / "empty"))
     with pytest.raises(ValueError, match="at least one model"):
-        evaluate.ColorizeEvalConfig(models=(), images="x")
+        evaluator.ColorizeEvalConfig(models=(), images="x")
     assert not (tmp_path / "out").exists()
     tasks = {"colorize", "sr", "codec"}
-    assert set(evaluate.TASKS) == set(evaluate._CONFIG_FROM_FLAGS) == tasks
+    assert set(evaluate.TASKS) == set(evaluate.TASK_FLAGS) == tasks
 
 
-def test_flags_are_defined_by_run_not_at_import():
+def test_flags_are_defined_by_main_not_at_import():
     from absl import flags
 
+    from koala.cli import common
+
     assert "grid_height" not in flags.FLAGS  # importing koala.cli.evaluate defined nothing
-    fv = flags.FlagValues()
-    evaluate.define_flags(fv)
-    evaluate.define_flags(fv)  # idempotent
-    fv(["evaluate", "--task=colorize", "--model=a/m.keras", "--model=b/m.keras",
-        "--images=photos", "--max_images=5"])
-    config = evaluate._CONFIG_FROM_FLAGS[fv.task](fv)
-    assert config == evaluate.ColorizeEvalConfig(
-        models=("a/m.keras", "b/m.keras"), images="photos",
-        output_dir=os.path.join("runs", "eval", "colorize"), max_images=5)
+    argv = ["evaluate", "--task=colorize", "--model=a/m.keras", "--model=b/m.keras",
+            "--images=photos", "--max_images=5"]
+    for _ in range(2):  # a fresh FlagValues per call: the second parse sees no first one
+        fv, rest = common.parse(argv, evaluate.define_flags, doc="",
+                                required=("task", "model", "images"))
+        assert rest == []
+        _, config = evaluate.TASKS[fv.task](fv)
+        assert config == evaluator.ColorizeEvalConfig(
+            models=("a/m.keras", "b/m.keras"), images="photos",
+            output_dir=os.path.join("runs", "eval", "colorize"), max_images=5)
     with pytest.raises(flags.IllegalFlagValueError):
         fv(["evaluate", "--task=codecs"])
 
 
-def _cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "koala.evaluate", "--task=colorize", *args],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+def test_main_in_process_writes_the_effective_flags(photos, model_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert evaluate.main(["evaluate", "--task=colorize", f"--model={model_path}",
+                          f"--images={photos}", f"--output_dir={out}", "--max_images=1",
+                          "--grid_height=24", "--noprogress"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.splitlines()[0] == "colorize: 1 images, 0 skipped; mean over images:"
+    assert "| method | PSNR | SSIM | M | ΔE00 |" in stdout
+    assert stdout.splitlines()[-1] == f"report: {out / 'metrics.md'}"
+    # flags.txt is a flagfile of the run: the given flags and the defaults it ran with.
+    lines = (out / "flags.txt").read_text().splitlines()
+    assert lines == ["--task=colorize", f"--model={model_path}", f"--images={photos}",
+                     f"--output_dir={out}", "--max_images=1", "--saturation=1.2",
+                     "--grid_height=24", "--refine=none", "--radius=40", "--eps=0.0001",
+                     "--progress=False"]
+    # A second run in the same process, from that flagfile, gives the same report.
+    first = json.loads((out / "metrics.json").read_text())
+    assert evaluate.main(["evaluate", f"--flagfile={out / 'flags.txt'}"]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == first
+
+
+def test_main_exit_statuses(photos, model_path, tmp_path, capsys):
+    def main(*args):
+        return evaluate.main(["evaluate", "--task=colorize", *args])
+
+    assert main(f"--model={model_path}", f"--images={photos}", "--scale=2") == 2
+    assert capsys.readouterr().err == ("error: --scale is a flag of --task=sr, not of "
+                                       "--task=colorize\n")
+    assert main(f"--model={model_path}", f"--images={photos}", "--tile=0") == 2
+    assert "--tile is a flag of --task=codec" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(f"--model={model_path}", f"--images={tmp_path / 'empty'}") == 1
+    assert capsys.readouterr().err.startswith("error: no image files in")
+    assert main(f"--model={model_path}", f"--images={photos}", "extra") == 2
+    assert "unexpected arguments" in capsys.readouterr().err
+    with pytest.raises(Exit) as e:  # common.run turns it into the exit status
+        main(f"--images={photos}")
+    assert e.value.status == 2 and "--model" in capsys.readouterr().err
 
 
 def test_cli_end_to_end(photos, model_path, tmp_path):
+    """The one subprocess smoke test: ``python -m koala.evaluate`` as users run it."""
     out = tmp_path / "out"
-    proc = _cli(f"--model={model_path}", f"--images={photos}", f"--output_dir={out}",
-                "--max_images=2", "--grid_height=24", "--noprogress")
+    proc = run_cli("--task=colorize", f"--model={model_path}", f"--images={photos}",
+                   f"--output_dir={out}", "--max_images=2", "--grid_height=24", "--noprogress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| method | PSNR | SSIM | M | ΔE00 |" in proc.stdout
     assert "| gray |" in proc.stdout and "| tiny |" in proc.stdout
@@ -243,13 +298,14 @@ def test_cli_end_to_end(photos, model_path, tmp_path):
     assert f"--model={model_path}" in (out / "flags.txt").read_text().splitlines()
 
 
-def test_cli_missing_model_is_a_one_line_error(photos, tmp_path):
-    proc = _cli(f"--model={tmp_path / 'nope.keras'}", f"--images={photos}",
-                f"--output_dir={tmp_path / 'out'}")
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+def test_cli_missing_model_is_a_one_line_error(photos, tmp_path, capsys):
+    status = evaluate.main(["evaluate", "--task=colorize", f"--model={tmp_path / 'nope.keras'}",
+                            f"--images={photos}", f"--output_dir={tmp_path / 'out'}"])
+    assert status == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: model file not found: {tmp_path / 'nope.keras'}"]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in stderr
 
 
 def test_every_koala_colorizer_in_one_table_with_and_without_guided_refinement(
@@ -261,10 +317,10 @@ def test_every_koala_colorizer_in_one_table_with_and_without_guided_refinement(
     gan_path = tmp_path / "gan.keras"
     colorgan_small(image_size=32).save(gan_path)
     out = tmp_path / "out"
-    config = evaluate.ColorizeEvalConfig(
+    config = evaluator.ColorizeEvalConfig(
         models=(str(model_path), str(gan_path)), images=str(photos), output_dir=str(out),
         grid_height=20, progress=False, refine=("none", "guided"), radius=4)
-    result = evaluate.evaluate_colorize(config)
+    result = evaluator.evaluate_colorize(config)
     assert result["methods"] == ["gray", "tiny", "tiny+guided", "gan", "gan+guided"]
     data = json.loads((out / "metrics.json").read_text())
     assert data["refine"] == ["none", "guided"] and data["radius"] == 4
@@ -273,4 +329,4 @@ def test_every_koala_colorizer_in_one_table_with_and_without_guided_refinement(
     assert "| image | gray | tiny | tiny+guided | gan | gan+guided |" in (
         out / "metrics.md").read_text()
     with pytest.raises(ValueError, match="refine"):
-        evaluate.ColorizeEvalConfig(models=("m",), images="x", refine=("blur",))
+        evaluator.ColorizeEvalConfig(models=("m",), images="x", refine=("blur",))

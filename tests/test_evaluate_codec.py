@@ -1,27 +1,27 @@
-"""koala.cli.evaluate --task=codec: colour PSNR/SSIM after a real 8-bit PNG round trip, the luma
-baseline, the grayscale against luma, the JPEG table and plot, checked on pointwise stand-in
-models whose numbers can be worked out by hand; the files and the command line on codec_small."""
+"""koala.tasks.codec.evaluator and koala.cli.evaluate --task=codec: colour PSNR/SSIM after a
+real 8-bit PNG round trip, the luma baseline, the grayscale against luma, the JPEG table and
+plot, checked on pointwise stand-in models whose numbers can be worked out by hand; the files
+and the command line on codec_small."""
 
 import io
 import json
 import math
 import os
-import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 from conftest import smooth_image, write_image
 from PIL import Image
+from test_evaluate import run_cli
 
 from koala.cli import evaluate
 from koala.core.errors import KoalaError
+from koala.core.report import to_json
 from koala.ops.grid import GAP
+from koala.tasks.codec import evaluator
 from koala.tasks.codec import model as codec_models
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 QUALITIES = (95, 90, 75, 50)
 FLAT = (100, 50, 200)  # the colour of the flat test image
 
@@ -54,7 +54,7 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(photos):
     paths = sorted(p for p in photos.iterdir())
-    return evaluate.codec_report(GREEN, REPLICATE, paths, root=photos)
+    return evaluator.codec_report(GREEN, REPLICATE, paths, root=photos)
 
 
 def psnr(truth, output):
@@ -120,8 +120,8 @@ def test_hand_checked_numbers(report, photos):
 
 def test_a_decoder_that_ignores_the_gray(photos):
     constant = pointwise([[0.0, 0.0, 0.0]], bias=[0.2, 0.4, 0.6])  # (51, 102, 153) everywhere
-    result = evaluate.codec_report(GREEN, constant, [photos / "a_flat.png"],
-                                   jpeg_qualities=(50,))
+    result = evaluator.codec_report(GREEN, constant, [photos / "a_flat.png"],
+                                    jpeg_qualities=(50,))
     entry = result["per_image"][0]
     expected = 10 * math.log10(65025 / ((49**2 + 52**2 + 47**2) / 3))
     for method in ("luma_decoded", "codec", "jpeg50"):
@@ -130,7 +130,7 @@ def test_a_decoder_that_ignores_the_gray(photos):
 
 
 def test_markdown_and_json(report):
-    markdown = evaluate.codec_markdown(report)
+    markdown = evaluator.codec_markdown(report)
     assert "| method | PSNR | SSIM |" in markdown
     for method in report["methods"]:
         assert f"| {method} |" in markdown
@@ -140,18 +140,18 @@ def test_markdown_and_json(report):
         assert f"| JPEG q{q} |" in markdown
     assert "| gray_vs_luma |" in markdown and "| image | PSNR | SSIM | MAE |" in markdown
     assert "`d_broken.png`" in markdown and "BT.601" in markdown
-    data = json.loads(evaluate.to_json(report))
+    data = json.loads(to_json(report))
     assert data["mean"]["codec"]["psnr"] == "inf"
 
 
 def test_jpeg_plot_draws_points_and_references(report):
-    plot = evaluate.jpeg_plot(report)
+    plot = evaluator.jpeg_plot(report)
     assert plot.shape == (360, 560, 3) and plot.dtype == np.uint8
     blue = np.all(plot == (30, 80, 200), axis=-1)
     assert blue.sum() > 100  # the JPEG points and their line
     # Only finite PSNRs are drawn: a report whose every value is inf still gives a chart.
     flat = {**report, "mean": {k: {"psnr": math.inf, "ssim": 1.0} for k in report["mean"]}}
-    assert evaluate.jpeg_plot(flat).shape == (360, 560, 3)
+    assert evaluator.jpeg_plot(flat).shape == (360, 560, 3)
 
 
 def test_config_and_flags(tmp_path):
@@ -161,19 +161,19 @@ def test_config_and_flags(tmp_path):
     evaluate.define_flags(fv)
     fv(["evaluate", "--task=codec", "--model=c.keras", "--images=photos",
         "--jpeg_quality=80", "--jpeg_quality=40", "--tile=0"])
-    assert evaluate._CONFIG_FROM_FLAGS["codec"](fv) == evaluate.CodecEvalConfig(
+    assert evaluate.TASKS["codec"](fv)[1] == evaluator.CodecEvalConfig(
         model="c.keras", images="photos", output_dir=os.path.join("runs", "eval", "codec"),
         jpeg_qualities=(80, 40), tile=None)
     fv2 = flags.FlagValues()
     evaluate.define_flags(fv2)
     fv2(["evaluate", "--task=codec", "--model=a.keras", "--model=b.keras", "--images=x"])
     with pytest.raises(KoalaError, match="evaluates one model"):
-        evaluate._CONFIG_FROM_FLAGS["codec"](fv2)
+        evaluate.TASKS["codec"](fv2)
     with pytest.raises(flags.IllegalFlagValueError):
         fv2(["evaluate", "--jpeg_quality=101"])
     with pytest.raises(ValueError, match="jpeg_qualities"):
-        evaluate.CodecEvalConfig(model="m", images="x", jpeg_qualities=(90, 90))
-    assert evaluate.CodecEvalConfig(model="m", images="x").jpeg_qualities == QUALITIES
+        evaluator.CodecEvalConfig(model="m", images="x", jpeg_qualities=(90, 90))
+    assert evaluator.CodecEvalConfig(model="m", images="x").jpeg_qualities == QUALITIES
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +186,10 @@ def model_path(tmp_path_factory):
 
 def test_evaluate_codec_writes_every_file(photos, model_path, tmp_path):
     out = tmp_path / "out"
-    config = evaluate.CodecEvalConfig(model=str(model_path), images=str(photos),
-                                      output_dir=str(out), grid_height=24, tile=16,
-                                      progress=False)
-    result = evaluate.evaluate_codec(config)
+    config = evaluator.CodecEvalConfig(model=str(model_path), images=str(photos),
+                                       output_dir=str(out), grid_height=24, tile=16,
+                                       progress=False)
+    result = evaluator.evaluate_codec(config)
     data = json.loads((out / "metrics.json").read_text())
     assert set(data) == {"task", "images_dir", "images", "model", "tile", "grid_height",
                          "methods", "jpeg_qualities", "metric_variants", "per_image", "mean",
@@ -224,29 +224,48 @@ def test_evaluate_codec_writes_every_file(photos, model_path, tmp_path):
 
 def test_evaluate_codec_input_errors(photos, model_path, tmp_path):
     def config(model, images=photos):
-        return evaluate.CodecEvalConfig(model=str(model), images=str(images),
-                                        output_dir=str(tmp_path / "out"), progress=False)
+        return evaluator.CodecEvalConfig(model=str(model), images=str(images),
+                                         output_dir=str(tmp_path / "out"), progress=False)
 
     with pytest.raises(KoalaError, match="model file not found"):
-        evaluate.evaluate_codec(config(tmp_path / "nope.keras"))
+        evaluator.evaluate_codec(config(tmp_path / "nope.keras"))
     keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(3, 1)]).save(
         tmp_path / "decoder.keras")
     with pytest.raises(KoalaError, match="holds a codec decoder alone"):
-        evaluate.evaluate_codec(config(tmp_path / "decoder.keras"))
+        evaluator.evaluate_codec(config(tmp_path / "decoder.keras"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(evaluate.NoUsableImagesError):
-        evaluate.evaluate_codec(config(model_path, tmp_path / "empty"))
+    with pytest.raises(evaluator.NoUsableImagesError):
+        evaluator.evaluate_codec(config(model_path, tmp_path / "empty"))
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_end_to_end(photos, model_path, tmp_path):
+def test_main_in_process(photos, model_path, tmp_path, capsys):
     out = tmp_path / "out"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "koala.evaluate", "--task=codec", f"--model={model_path}",
-         f"--images={photos}", f"--output_dir={out}", "--max_images=2", "--jpeg_quality=90",
-         "--jpeg_quality=50", "--noprogress"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert evaluate.main(["evaluate", "--task=codec", f"--model={model_path}",
+                          f"--images={photos}", f"--output_dir={out}", "--max_images=1",
+                          "--jpeg_quality=50", "--tile=0", "--noprogress"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"JPEG plot: {out / 'jpeg_psnr.png'}" in stdout and "| jpeg50 |" in stdout
+    assert json.loads((out / "metrics.json").read_text())["tile"] is None
+    assert (out / "flags.txt").read_text().splitlines() == [
+        "--task=codec", f"--model={model_path}", f"--images={photos}", f"--output_dir={out}",
+        "--max_images=1", "--jpeg_quality=50", "--grid_height=160", "--tile=0",
+        "--progress=False"]
+    assert evaluate.main(["evaluate", "--task=codec", f"--model={model_path}",
+                          f"--model={model_path}", f"--images={photos}"]) == 2
+    assert "evaluates one model" in capsys.readouterr().err
+    assert evaluate.main(["evaluate", "--task=codec", f"--model={model_path}",
+                          f"--images={photos}", "--crop_size=8"]) == 2
+    assert capsys.readouterr().err == ("error: --crop_size is a flag of --task=sr, not of "
+                                       "--task=codec\n")
+
+
+def test_cli_end_to_end(photos, model_path, tmp_path):
+    """The one subprocess smoke test: ``python -m koala.evaluate`` as users run it."""
+    out = tmp_path / "out"
+    proc = run_cli("--task=codec", f"--model={model_path}", f"--images={photos}",
+                   f"--output_dir={out}", "--max_images=2", "--jpeg_quality=90",
+                   "--jpeg_quality=50", "--noprogress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| method | PSNR | SSIM | MAE |" in proc.stdout
     for row in ("| luma |", "| luma_decoded |", "| codec |", "| jpeg90 |", "| jpeg50 |",

@@ -1,26 +1,26 @@
-"""koala.cli.evaluate --task=sr: the degradation is the training pipeline's, the metrics follow the
-field's conventions (studio Y, border crop = scale), the bicubic baseline is on every row, the
-report files, and the command line. Stub upscalers and one tiny saved FSRCNN (x2)."""
+"""koala.tasks.sr.evaluator and koala.cli.evaluate --task=sr: the degradation is the training
+pipeline's, the metrics follow the field's conventions (studio Y, border crop = scale), the
+bicubic baseline is on every row, the report files, and the command line. Stub upscalers and
+one tiny saved FSRCNN (x2)."""
 
 import json
 import math
 import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from conftest import smooth_image, write_image
 from PIL import Image
+from test_evaluate import linked_models, run_cli
 
 from koala.cli import evaluate
 from koala.core.errors import KoalaError
+from koala.core.report import markdown_mean_table, to_json
 from koala.data import build, pipelines
 from koala.ops import metrics
 from koala.ops.grid import GAP
+from koala.tasks.sr import evaluator
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 SIZES = {"a.png": (40, 56), "b.png": (33, 48), "sub/c.png": (36, 36)}  # (H, W)
 
 
@@ -96,14 +96,14 @@ def model_path(tmp_path_factory):
 
 
 def truths(photos, scale):
-    return [evaluate.mod_crop(np.asarray(Image.open(photos / n).convert("RGB")), scale)
+    return [evaluator.mod_crop(np.asarray(Image.open(photos / n).convert("RGB")), scale)
             for n in SIZES]
 
 
 @pytest.fixture(scope="module")
 def report(photos):
     paths = sorted(photos.rglob("*.png"))
-    return evaluate.sr_report(
+    return evaluator.sr_report(
         {"same": BicubicStub(2), "perfect": PerfectStub(2, truths(photos, 2))}, paths,
         scale=2, root=photos)
 
@@ -124,7 +124,7 @@ def test_identity_to_bicubic_equals_the_baseline_and_perfect_is_inf(report):
         np.mean([e["bicubic"]["psnr_y"] for e in report["per_image"]]), rel=1e-12)
     assert report["mean"]["perfect"]["psnr_y"] == math.inf
 
-    table = evaluate.markdown_mean_table(report)
+    table = markdown_mean_table(report)
     assert table.splitlines()[0] == "| method | PSNR-Y | SSIM-Y | PSNR-RGB |"
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ", 1)[1]
             for line in table.splitlines()[2:]}
@@ -149,7 +149,7 @@ def test_lr_is_the_training_degradation(tmp_path, monkeypatch):
 
     # What the model receives in the evaluation is round(255 * bicubic_downscale(HR/255, s)).
     stub = BicubicStub(2)
-    evaluate.sr_report({"m": stub}, [tmp_path / "photos" / "x.png"], scale=2)
+    evaluator.sr_report({"m": stub}, [tmp_path / "photos" / "x.png"], scale=2)
     (lr_eval,) = stub.inputs
     assert lr_eval.dtype == np.uint8 and lr_eval.shape == (12, 12, 3)
     np.testing.assert_array_equal(lr_eval, reference_lr(hr, 2))
@@ -174,7 +174,7 @@ def test_lr_is_the_training_degradation(tmp_path, monkeypatch):
         return original(x, scale)
 
     monkeypatch.setattr(pipelines, "bicubic_downscale", spy)
-    np.testing.assert_array_equal(evaluate.degrade(hr, 2), lr_eval)
+    np.testing.assert_array_equal(evaluator.degrade(hr, 2), lr_eval)
     assert calls == [2]
 
 
@@ -186,8 +186,8 @@ def test_y_metrics_crop_scale_pixels_of_border(tmp_path):
     border[:, -3:] = 0
     inside = hr.copy()
     inside[3, 3] = 255 - inside[3, 3]  # the first pixel inside the crop
-    result = evaluate.sr_report({"border": FixedStub(3, border), "inside": FixedStub(3, inside)},
-                                [path], scale=3)
+    result = evaluator.sr_report({"border": FixedStub(3, border), "inside": FixedStub(3, inside)},
+                                 [path], scale=3)
     entry = result["per_image"][0]
     assert entry["border"]["psnr_y"] == math.inf
     assert entry["border"]["ssim_y"] == pytest.approx(1.0)
@@ -197,13 +197,13 @@ def test_y_metrics_crop_scale_pixels_of_border(tmp_path):
 
 def test_mod_crop_and_small_images(tmp_path):
     image = smooth_image(31, 20, seed=1)
-    assert evaluate.mod_crop(image, 3).shape == (30, 18, 3)
-    np.testing.assert_array_equal(evaluate.mod_crop(image, 3), image[:30, :18])
+    assert evaluator.mod_crop(image, 3).shape == (30, 18, 3)
+    np.testing.assert_array_equal(evaluator.mod_crop(image, 3), image[:30, :18])
     paths = [write_image(tmp_path / "odd.png", image),
              write_image(tmp_path / "narrow.png", smooth_image(16, 40, seed=3)),
              write_image(tmp_path / "tiny.png", smooth_image(6, 40, seed=2))]
     stub = BicubicStub(3)
-    result = evaluate.sr_report({"m": stub}, paths, scale=3, root=tmp_path)
+    result = evaluator.sr_report({"m": stub}, paths, scale=3, root=tmp_path)
     odd, narrow = result["per_image"]
     assert (odd["height"], odd["width"], odd["lr_height"], odd["lr_width"]) == (30, 18, 10, 6)
     assert (narrow["height"], narrow["width"]) == (15, 39)
@@ -220,33 +220,29 @@ def test_mod_crop_and_small_images(tmp_path):
 def test_stub_errors(photos):
     paths = [photos / "a.png"]
     with pytest.raises(KoalaError, match="x3"):
-        evaluate.sr_report({"m": BicubicStub(3)}, paths, scale=2)
+        evaluator.sr_report({"m": BicubicStub(3)}, paths, scale=2)
     with pytest.raises(ValueError, match="reserved"):
-        evaluate.sr_report({"bicubic": BicubicStub(2)}, paths, scale=2)
+        evaluator.sr_report({"bicubic": BicubicStub(2)}, paths, scale=2)
     with pytest.raises(ValueError, match="expected uint8"):
-        evaluate.sr_report({"m": FixedStub(2, np.zeros((4, 4, 3), np.uint8))}, paths, scale=2)
+        evaluator.sr_report({"m": FixedStub(2, np.zeros((4, 4, 3), np.uint8))}, paths, scale=2)
 
 
 def test_json_is_strict_with_inf_as_a_string(report):
     def refuse(constant):
         raise AssertionError(f"non-standard JSON constant {constant}")
 
-    data = json.loads(evaluate.to_json(report), parse_constant=refuse)
+    data = json.loads(to_json(report), parse_constant=refuse)
     assert data["per_image"][0]["perfect"]["psnr_y"] == "inf"
     assert data["mean"]["bicubic"] == report["mean"]["bicubic"]
 
 
 def test_evaluate_sr_with_a_saved_model(photos, model_path, tmp_path):
     # The same model from two folders: two model columns with distinct names.
-    paths = []
-    for folder in ("run1", "run2"):
-        (tmp_path / folder).mkdir()
-        os.link(model_path, tmp_path / folder / "tiny.keras")
-        paths.append(str(tmp_path / folder / "tiny.keras"))
+    paths = linked_models(model_path, tmp_path)
     out = tmp_path / "out"
-    config = evaluate.SREvalConfig(models=tuple(paths), images=str(photos), scale=2,
-                                   output_dir=str(out), crop_size=24, progress=False)
-    result = evaluate.evaluate_sr(config)
+    config = evaluator.SREvalConfig(models=tuple(paths), images=str(photos), scale=2,
+                                    output_dir=str(out), crop_size=24, progress=False)
+    result = evaluator.evaluate_sr(config)
 
     data = json.loads((out / "metrics.json").read_text())
     assert data["task"] == "sr" and data["scale"] == 2 and data["images"] == 3
@@ -279,48 +275,69 @@ def test_evaluate_sr_with_a_saved_model(photos, model_path, tmp_path):
 
 def test_evaluate_sr_input_errors(photos, model_path, tmp_path):
     def config(models, images=photos, scale=2):
-        return evaluate.SREvalConfig(models=models, images=str(images), scale=scale,
-                                     output_dir=str(tmp_path / "out"), progress=False)
+        return evaluator.SREvalConfig(models=models, images=str(images), scale=scale,
+                                      output_dir=str(tmp_path / "out"), progress=False)
 
     with pytest.raises(KoalaError, match="upscales x2, but --scale is 3"):
-        evaluate.evaluate_sr(config((str(model_path),), scale=3))
+        evaluator.evaluate_sr(config((str(model_path),), scale=3))
     with pytest.raises(KoalaError, match="model file not found"):
-        evaluate.evaluate_sr(config((str(tmp_path / "nope.keras"),)))
+        evaluator.evaluate_sr(config((str(tmp_path / "nope.keras"),)))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(evaluate.NoUsableImagesError):
-        evaluate.evaluate_sr(config((str(model_path),), images=tmp_path / "empty"))
+    with pytest.raises(evaluator.NoUsableImagesError):
+        evaluator.evaluate_sr(config((str(model_path),), images=tmp_path / "empty"))
     with pytest.raises(ValueError, match="at least one model"):
-        evaluate.SREvalConfig(models=(), images="x", scale=2)
+        evaluator.SREvalConfig(models=(), images="x", scale=2)
     assert not (tmp_path / "out").exists()
     tasks = {"colorize", "sr", "codec"}
-    assert set(evaluate.TASKS) == set(evaluate._CONFIG_FROM_FLAGS) == tasks
+    assert set(evaluate.TASKS) == set(evaluate.TASK_FLAGS) == tasks
 
 
-def test_sr_flags():
+def test_sr_flags(capsys):
     from absl import flags
 
     fv = flags.FlagValues()
     evaluate.define_flags(fv)
     fv(["evaluate", "--task=sr", "--model=a/m.keras", "--images=photos", "--scale=3",
         "--crop_size=48"])
-    assert evaluate._CONFIG_FROM_FLAGS["sr"](fv) == evaluate.SREvalConfig(
+    assert evaluate.TASKS["sr"](fv)[1] == evaluator.SREvalConfig(
         models=("a/m.keras",), images="photos", scale=3,
         output_dir=os.path.join("runs", "eval", "sr"), crop_size=48)
     fv2 = flags.FlagValues()
     evaluate.define_flags(fv2)
     fv2(["evaluate", "--task=sr", "--model=a/m.keras", "--images=photos"])
     with pytest.raises(KoalaError, match="--scale is required"):
-        evaluate._CONFIG_FROM_FLAGS["sr"](fv2)
+        evaluate.TASKS["sr"](fv2)
+    # The same through main, in-process: a one-line error and status 2.
+    assert evaluate.main(["evaluate", "--task=sr", "--model=a/m.keras", "--images=x"]) == 2
+    assert capsys.readouterr().err == "error: --scale is required for --task=sr\n"
+    assert evaluate.main(["evaluate", "--task=sr", "--model=a/m.keras", "--images=x",
+                          "--scale=2", "--saturation=1.5"]) == 2
+    assert capsys.readouterr().err == ("error: --saturation is a flag of --task=colorize, "
+                                       "not of --task=sr\n")
+
+
+def test_main_in_process(photos, model_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert evaluate.main(["evaluate", "--task=sr", f"--model={model_path}",
+                          f"--images={photos}", "--scale=2", f"--output_dir={out}",
+                          "--max_images=1", "--noprogress"]) == 0
+    captured = capsys.readouterr()
+    assert "| method | PSNR-Y | SSIM-Y | PSNR-RGB |" in captured.out
+    assert f"crops: {out / 'crops.png'}" in captured.out
+    assert (out / "flags.txt").read_text().splitlines() == [
+        "--task=sr", f"--model={model_path}", f"--images={photos}", "--scale=2",
+        f"--output_dir={out}", "--max_images=1", "--crop_size=96", "--progress=False"]
+    # A model of another scale: a one-line error, status 2.
+    assert evaluate.main(["evaluate", "--task=sr", f"--model={model_path}",
+                          f"--images={photos}", "--scale=3", f"--output_dir={out}"]) == 2
+    assert capsys.readouterr().err == "error: model 'tiny' upscales x2, but --scale is 3\n"
 
 
 def test_cli_end_to_end(photos, model_path, tmp_path):
+    """The one subprocess smoke test: ``python -m koala.evaluate`` as users run it."""
     out = tmp_path / "out"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "koala.evaluate", "--task=sr", f"--model={model_path}",
-         f"--images={photos}", "--scale=2", f"--output_dir={out}", "--crop_size=16",
-         "--noprogress"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    proc = run_cli("--task=sr", f"--model={model_path}", f"--images={photos}", "--scale=2",
+                   f"--output_dir={out}", "--crop_size=16", "--noprogress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| method | PSNR-Y | SSIM-Y | PSNR-RGB |" in proc.stdout
     assert "| bicubic |" in proc.stdout and "| tiny |" in proc.stdout

@@ -1,0 +1,301 @@
+r"""``koala.evaluate --task=colorize`` (SPEC §1, §6): colorizers against the gray baseline.
+
+Colorizes every image's grayscale version with each model and compares the result with the
+original colour image (the truth), next to the "gray" baseline (``Lab(L, 0, 0)``, ab = 0) that
+every colorizer must beat. Per image and method: PSNR and SSIM on RGB, the prediction's
+colourfulness, mean CIEDE2000 against the truth; their arithmetic means over the images.
+:func:`run` writes, in ``output_dir``:
+
+  ``metrics.json``  the report: per-image and mean metrics, the metric variants, the models,
+                    skipped files. An infinite PSNR (identical images) is written as the string
+                    ``"inf"`` (JSON has no Infinity); an undefined SSIM (image under 11 px on a
+                    side) as ``null``.
+  ``metrics.md``    one Markdown table per metric (one row per image, the gray baseline in the
+                    first column of every row, then each model) and a table of the means.
+  ``grid.png``      one row per image: [gray | model 1 | model 2 ... | truth].
+
+With ``refine=("none", "guided")`` every model gets a second row ``<model>+guided``, its output
+through SPEC §5's guided filter. The loop, the inputs check and the file writing are
+:mod:`koala.core.evaluation`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from koala.core import evaluation
+from koala.core import report as fmt
+from koala.core.evaluation import ImageCallback, NoUsableImagesError
+from koala.core.report import GRID_PNG
+from koala.ops import metrics
+from koala.ops.grid import make_grid
+from koala.tasks.colorize.config import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SATURATION, REFINES
+from koala.tasks.colorize.inference import Colorizer, gray_baseline
+
+__all__ = ["GRAY", "ColorizeEvalConfig", "NoUsableImagesError", "colorize_markdown",
+           "colorize_report", "evaluate_colorize", "model_names", "run", "summary"]
+
+GRAY = "gray"  # name of the ab = 0 baseline in reports
+TRUTH = "truth"
+
+RESERVED_NAMES = fmt.IMAGE_KEYS | {"truth_colorfulness", GRAY, TRUTH}
+"""Keys of a per-image entry (and of "mean") that a model name must not take."""
+
+METRICS = ("psnr", "ssim", "colorfulness", "delta_e00")
+_TITLES = {
+    "psnr": "PSNR (dB, higher is better)",
+    "ssim": "SSIM (higher is better)",
+    "colorfulness": "Colourfulness M (truth's in the last column)",
+    "delta_e00": "Mean ΔE00 (lower is better)",
+}
+
+METRIC_VARIANTS = {
+    "psnr": "PSNR = 10 log10(255^2 / MSE) over all RGB pixels and channels (0..255, peak 255); "
+            "identical images give inf, written as the string \"inf\" in metrics.json",
+    "ssim": "SSIM (Wang et al. 2004) of each RGB channel, Gaussian window 11x11 sigma 1.5, "
+            "K1 0.01, K2 0.03, data range 255, population moments, 5 px border excluded; mean "
+            "of the three channels; null for images under 11 px on a side",
+    "colorfulness": "Hasler & Süsstrunk (2003) M = sqrt(std_rg^2 + std_yb^2) + "
+                    "0.3 sqrt(mean_rg^2 + mean_yb^2) of the method's output on 0..255 RGB "
+                    "(truth_colorfulness: of the ground truth)",
+    "delta_e00": "CIEDE2000 (kL = kC = kH = 1) between output and truth, sRGB -> CIE Lab "
+                 "(D65, 2 deg), mean over pixels",
+    "gray": "the gray baseline: Lab(L_truth, 0, 0) -> sRGB (ab = 0)",
+    "mean": "arithmetic mean over the evaluated images (SSIM: over the images that have one); "
+            "a single inf PSNR makes the mean inf",
+}
+
+
+class SupportsColorize(Protocol):
+    """What :func:`colorize_report` needs of a model: a
+    :class:`koala.tasks.colorize.inference.Colorizer` or a stub with its ``colorize``."""
+
+    def colorize(self, image: np.ndarray, *, saturation: float) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorizeEvalConfig:
+    """What :func:`run` evaluates and where the results go.
+
+    models:           saved colorizers (``.keras`` files), at least one.
+    images:           a folder of images (walked recursively, ``koala.ops.images.find_images``)
+                      or one image file.
+    output_dir:       where metrics.json, metrics.md and grid.png go (created if needed).
+    max_images:       stop after this many evaluated images (None: all of them).
+    saturation:       the chroma factor the colorizers apply (SPEC §1: the report's 1.2).
+    embedder_weights: overrides the embedder weights recorded in the models (None: keep).
+    grid_height:      height in pixels of every cell of grid.png.
+    progress:         show a progress bar over the images on stderr.
+    refine:           the chroma refinements to report for every model: "none" (the raw
+                      prediction) and/or "guided" (SPEC §5's guided filter, a row
+                      "<model>+guided"), with ``radius`` and ``eps``.
+    """
+
+    models: tuple[str, ...]
+    images: str
+    output_dir: str = os.path.join("runs", "eval", "colorize")
+    max_images: int | None = None
+    saturation: float = DEFAULT_SATURATION
+    embedder_weights: str | None = None
+    grid_height: int = 160
+    progress: bool = True
+    refine: tuple[str, ...] = ("none",)
+    radius: int = DEFAULT_RADIUS
+    eps: float = DEFAULT_EPS
+
+    def __post_init__(self):
+        if not self.models:
+            raise ValueError("at least one model is needed")
+        object.__setattr__(self, "refine", tuple(dict.fromkeys(self.refine)))
+        if not self.refine or not set(self.refine) <= set(REFINES):
+            raise ValueError(f"refine must be a non-empty subset of {REFINES}, "
+                             f"got {self.refine}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
+        if not self.saturation >= 0:
+            raise ValueError(f"saturation must be >= 0, got {self.saturation}")
+        if self.grid_height < 1:
+            raise ValueError(f"grid_height must be >= 1, got {self.grid_height}")
+
+
+def model_names(paths: Sequence[str | os.PathLike], *,
+                reserved: Iterable[str] = RESERVED_NAMES) -> list[str]:
+    """:func:`koala.core.report.model_names` with this report's keys (``gray``, ``truth`` ...)
+    reserved."""
+    return fmt.model_names(paths, reserved=reserved)
+
+
+def _method_metrics(truth: np.ndarray, output: np.ndarray) -> dict:
+    """PSNR, SSIM, colourfulness and mean ΔE00 of one uint8 (H, W, 3) output against the truth.
+
+    SSIM is None when a side is under 11 px (its Gaussian window doesn't fit).
+    """
+    return {
+        **evaluation.psnr_ssim(truth, output),
+        "colorfulness": metrics.colorfulness(output),
+        "delta_e00": metrics.mean_ciede2000(output, truth),
+    }
+
+
+def colorize_report(
+    colorizers: dict[str, SupportsColorize],
+    image_paths: Iterable[str | os.PathLike],
+    *,
+    saturation: float = DEFAULT_SATURATION,
+    root: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    progress: bool = False,
+    on_image: ImageCallback | None = None,
+) -> dict:
+    """Evaluates colorizers and the gray baseline on image files; the core of the colorize task.
+
+    For each image (``koala.ops.images.load_image``; unreadable ones are skipped and listed): the
+    truth is the image itself, the gray baseline ``gray_baseline(truth)``, and each model's
+    output ``colorizer.colorize(truth, saturation=saturation)``; each is scored against the
+    truth with :func:`_method_metrics`.
+
+    Args:
+      colorizers: table name -> model (a :class:`koala.tasks.colorize.inference.Colorizer` or
+        anything with its ``colorize(image, *, saturation)``); names must not be ``gray``,
+        ``truth`` or a per-image key (see :func:`model_names`).
+      image_paths: image files, evaluated in this order.
+      saturation: passed to every ``colorize`` call.
+      root: image names in the report are relative to it (default: the paths as given).
+      max_images: stop after this many evaluated (not skipped) images.
+      progress: show a progress bar on stderr.
+      on_image: called as ``on_image(name, [gray, *outputs, truth])`` for every evaluated
+        image (uint8 arrays), e.g. to build a comparison grid.
+
+    Returns:
+      ``{"task": "colorize", "images": N, "methods": ["gray", *models], "saturation",
+      "metric_variants", "per_image": [...], "mean": {...}, "skipped": [...]}`` where each
+      per-image entry is ``{"name", "width", "height", "truth_colorfulness", "gray": {psnr,
+      ssim, colorfulness, delta_e00}, "<model>": {...}}``, ``mean`` has the same per-method
+      dicts plus ``"truth": {"colorfulness"}``, and ``skipped`` lists ``{"path", "reason"}``.
+      Values are Python floats; PSNR may be ``math.inf``, SSIM None (see the module docstring
+      for how metrics.json writes them).
+
+    Raises:
+      ValueError: a model name is reserved, or a model's output doesn't match its input's shape.
+    """
+    fmt.check_names(colorizers, RESERVED_NAMES)
+    methods = [GRAY, *colorizers]
+
+    def score(name: str, truth: np.ndarray) -> dict:
+        outputs = {GRAY: gray_baseline(truth)}
+        for model_name, colorizer in colorizers.items():
+            output = np.asarray(colorizer.colorize(truth, saturation=saturation))
+            if output.shape != truth.shape:
+                raise ValueError(f"model {model_name!r} returned shape {output.shape} for "
+                                 f"{name} of shape {truth.shape}")
+            outputs[model_name] = output
+        entry = {"name": name, "width": int(truth.shape[1]), "height": int(truth.shape[0]),
+                 "truth_colorfulness": metrics.colorfulness(truth)}
+        entry.update({m: _method_metrics(truth, outputs[m]) for m in methods})
+        if on_image is not None:
+            on_image(name, [*(outputs[m] for m in methods), truth])
+        return entry
+
+    per_image, skipped = evaluation.score_images(image_paths, score, root=root,
+                                                 max_images=max_images, progress=progress)
+    mean = evaluation.means(per_image, methods, METRICS)
+    mean[TRUTH] = {"colorfulness": evaluation.mean(e["truth_colorfulness"] for e in per_image)}
+    return {
+        "task": "colorize",
+        "images": len(per_image),
+        "methods": methods,
+        "saturation": float(saturation),
+        "metric_variants": dict(METRIC_VARIANTS),
+        "per_image": per_image,
+        "mean": mean,
+        "skipped": skipped,
+    }
+
+
+def colorize_markdown(report: dict) -> str:
+    """metrics.md for the colorize task: per metric a table with one row per image, the gray
+    baseline first on every row and the models next to it; then the means."""
+    lines = [
+        "# Colorization: models against the gray baseline",
+        "",
+        f"{report['images']} images, saturation {report['saturation']:g}; "
+        f"{len(report['skipped'])} skipped.",
+        "",
+        *fmt.model_lines(report, GRAY, METRIC_VARIANTS),
+        "",
+        *fmt.mean_section(report),
+    ]
+    for key in METRICS:
+        extra = (TRUTH, "truth_colorfulness") if key == "colorfulness" else None
+        lines += [f"## {_TITLES[key]}", "",
+                  *fmt.per_image_table(report, report["methods"], key, extra=extra), ""]
+    return fmt.document(lines, report, METRIC_VARIANTS)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Refined:
+    """A colorizer whose outputs go through one chroma refinement (a report row)."""
+
+    colorizer: Colorizer
+    refine: str
+    radius: int
+    eps: float
+
+    def colorize(self, image, *, saturation):
+        return self.colorizer.colorize(image, saturation=saturation, refine=self.refine,
+                                       radius=self.radius, eps=self.eps)
+
+
+def run(config: ColorizeEvalConfig) -> dict:
+    """The colorize task: loads the models, runs :func:`colorize_report`, writes the outputs.
+
+    Writes metrics.json, metrics.md and grid.png into ``config.output_dir`` (see the module
+    docstring) and returns the report as written to metrics.json, before JSON conversion
+    (``models`` maps table names to model files; ``images_dir``, ``embedder_weights``,
+    ``grid_height`` and ``refine`` are added to :func:`colorize_report`'s keys).
+
+    Raises:
+      KoalaError: a model file or the images folder is missing, or a model doesn't load.
+      NoUsableImagesError: no image could be evaluated (nothing is written then).
+    """
+    names = model_names(config.models)
+    height = config.grid_height
+
+    def load() -> dict[str, _Refined]:
+        colorizers = {}
+        for name, path in zip(names, config.models, strict=True):
+            colorizer = Colorizer.load(path, embedder_weights=config.embedder_weights)
+            for refine in config.refine:
+                key = name if refine == "none" else f"{name}+{refine}"
+                colorizers[key] = _Refined(colorizer, refine, config.radius, config.eps)
+        return colorizers
+
+    def report(colorizers, paths, *, root, on_image):
+        return colorize_report(colorizers, paths, saturation=config.saturation, root=root,
+                               max_images=config.max_images, progress=config.progress,
+                               on_image=on_image)
+
+    guided = {"radius": config.radius, "eps": config.eps} if "guided" in config.refine else {}
+    return evaluation.evaluate(
+        model_files=config.models, images_dir=config.images, output_dir=config.output_dir,
+        load=load, report=report, row=lambda cells: evaluation.shrink_cells(cells, height),
+        outputs=lambda rep, rows: (colorize_markdown(rep),
+                                   {GRID_PNG: make_grid(rows, height=height)}),
+        run_keys=dict(
+            models={n: os.path.abspath(p) for n, p in zip(names, config.models, strict=True)},
+            embedder_weights=config.embedder_weights, grid_height=config.grid_height,
+            refine=list(config.refine), **guided))
+
+
+def summary(report: dict, output_dir: str) -> list[str]:
+    """What the command line prints under the mean table: nothing more for this task."""
+    return []
+
+
+evaluate_colorize = run
+"""The name koala's earlier ``evaluate`` module gave :func:`run`."""
