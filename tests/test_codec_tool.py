@@ -1,6 +1,6 @@
-"""koala.tasks.codec.inference: any image size in and out, 8-bit grayscale PNGs, tiles that join up exactly,
-the receptive radius read off the layer graph, loading either half or the whole model, export,
-and the command line (files and folders, bad files, the wrong half)."""
+"""koala.tasks.codec.inference: any image size in and out, 8-bit grayscale PNGs, tiles that
+join up exactly, the receptive radius read off the layer graph, loading either half or the
+whole model, export, and the command line (files and folders, bad files, the wrong half)."""
 
 import os
 import pathlib
@@ -86,7 +86,8 @@ def test_receptive_radius_of_custom_blocks_and_unknown_layers():
     assert codec.receptive_radius(keras.Model(x, y)) == 2 + 6 + 2
     z = keras.layers.Cropping2D(1)(x)  # not a layer it knows
     assert codec.receptive_radius(keras.Model(x, z)) is None
-    assert codec.default_overlap(keras.Model(x, z)) == codec.FALLBACK_OVERLAP
+    with pytest.warns(UserWarning, match="Cropping2D"):  # a fallback, said out loud
+        assert codec.default_overlap(keras.Model(x, z)) == codec.FALLBACK_OVERLAP
 
 
 # --- Sizes, types, tiles -----------------------------------------------------------------------

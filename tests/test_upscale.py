@@ -1,5 +1,6 @@
-"""koala.tasks.sr.inference: exact output sizes, tiles that join up exactly, the pipeline around the model
-(colour handling, bicubic input, SRCNN's reflect padding), bounded model inputs, loading, CLI."""
+"""koala.tasks.sr.inference: exact output sizes, tiles that join up exactly, the pipeline
+around the model (colour handling, bicubic input, SRCNN's reflect padding), bounded model
+inputs, loading, CLI."""
 
 import os
 import pathlib

@@ -7,13 +7,10 @@ alternative: resize so that min(H, W) equals the size and take the centre square
 Resampling is Pillow's bicubic filter on 8-bit sRGB, which widens its kernel when shrinking
 (it anti-aliases, as MATLAB's ``imresize`` does).
 
-:func:`tile_windows` cuts an image axis into tiles with context, for tools that run a
-fully-convolutional model on bounded windows of a big image.
+Tiles of a big image for a fully-convolutional model are :mod:`koala.core.tiling`'s.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 from PIL import Image
@@ -67,29 +64,3 @@ def cap_long_side(rgb: np.ndarray, max_side: int) -> np.ndarray:
         return rgb
     scale = max_side / max(h, w)
     return resize(rgb, max(1, round(h * scale)), max(1, round(w * scale)))
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-    """One axis of one tile: the output span ``[start, stop)`` and the input window
-    ``[lo, hi)`` that holds it plus up to ``context`` px on each side (clipped to the axis)."""
-
-    start: int
-    stop: int
-    lo: int
-    hi: int
-
-
-def tile_windows(size: int, tile: int | None, context: int = 0) -> list[Window]:
-    """Cuts an axis of ``size`` px into spans of ``tile`` px (the last one shorter), each with
-    its window widened by ``context`` px per side and clipped to ``[0, size)``.
-
-    ``tile=None`` (or ``tile >= size``) gives one span, the whole axis. Spans start at
-    multiples of ``tile``, so when ``tile``, ``context`` and ``size`` are multiples of k, every
-    window starts and ends on a multiple of k (what strided convolutions need to line up).
-    """
-    if tile is None or tile >= size:
-        return [Window(0, size, 0, size)]
-    return [Window(start, min(start + tile, size), max(0, start - context),
-                   min(size, start + tile + context))
-            for start in range(0, size, tile)]

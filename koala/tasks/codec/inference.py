@@ -15,9 +15,9 @@ An image of any size is reflect-padded at the bottom and right to the next multi
 and cropped back. Outputs are clipped to [0, 1] and rounded to 8 bits (the grayscale is what gets
 stored, so the decoder only ever sees 8-bit levels, as the paper's quantization loss intends).
 
-Tiles. A big image runs as ``tile`` x ``tile`` output tiles, each computed from a window with
-``overlap`` px of context per side (clipped at the image edges; :func:`koala.ops.geometry.
-tile_windows`), so activations stay bounded: an untiled 2000 x 1500 encoder run keeps several
+Tiles (:mod:`koala.core.tiling`, the tiler SR uses too). A big image runs as ``tile`` x ``tile``
+output tiles, each computed from a window with ``overlap`` px of context per side (clipped at
+the image edges), so activations stay bounded: an untiled 2000 x 1500 encoder run keeps several
 64-channel full-resolution activations of 0.77 GB each. Tile sides and starts, the overlap and
 the padded image are all multiples of 4, so every window starts on the stride-2 grid of the
 whole image and sees exactly the same convolutions ("same" padding of a stride-2 convolution on
@@ -28,8 +28,9 @@ resolution worth 4 px each, the way back up) -> 72 px; for the paper decoder 18 
 With that context the stitched output equals the whole image run at once up to float rounding
 (tests: within 1e-4 before rounding, so at most 1 grey level after it, on the rare pixels that
 sit on a rounding boundary; measured on CPU: identical, for codec_small and for the paper model
-with weights scaled up so that outputs vary). A model with a layer :func:`receptive_radius`
-does not know gets :data:`FALLBACK_OVERLAP`.
+with weights scaled up so that outputs vary). A model with a layer the graph reader does not
+know gets :data:`FALLBACK_OVERLAP`, with a warning that names the layer; pass ``overlap`` to
+choose it yourself.
 
 Memory, measured once by hand: peak RSS of the whole CLI process (``/usr/bin/time -v python -m
 koala.codec encode|decode IMAGE -o DIR --model paper.keras``), untrained paper model
@@ -55,18 +56,18 @@ from __future__ import annotations
 
 import functools
 import io
-import math
 import os
 import pathlib
+import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from koala.core import saving as models
+from koala.core import tiling
 from koala.core.errors import KoalaError
-from koala.ops import color, geometry, images
+from koala.ops import color, images
 
 __all__ = [
     "ALIGN",
@@ -93,9 +94,6 @@ DEFAULT_TILE = 512
 """Output tile side in px: a paper-model CLI run on a 2000 x 1500 photo peaks at ~1.5 GiB RSS
 (encode 1.42, decode 1.51; untiled 4.95 and 6.01; table in the module docstring)."""
 
-OVERLAP_MULTIPLE = 8
-"""The default overlap is the receptive radius rounded up to a multiple of this (slack)."""
-
 FALLBACK_OVERLAP = 128
 """Context per tile side for a model whose receptive radius can't be read off its layers: about
 twice the paper encoder's 66 px."""
@@ -104,104 +102,29 @@ PARTS = {"encoder": (3, 1), "decoder": (1, 3)}
 """Each half of the codec by name: (input channels, output channels)."""
 
 
-
-
-# --- Receptive radius from the layer graph -----------------------------------------------------
-
-# Layers and symbolic keras.ops that act on each pixel on its own (spatially pointwise;
-# Concatenate and Softmax taken on the channel axis, as in image models).
-_POINTWISE = frozenset({
-    "InputLayer", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Rescaling",
-    "BatchNormalization", "LayerNormalization", "Dropout", "SpatialDropout2D", "GaussianNoise",
-    "Identity", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
-    "Absolute", "Cast", "Clip", "Divide", "TrueDivide", "Exp", "Log", "Negative", "Power",
-    "Relu", "Sigmoid", "Sqrt", "Square", "Tanh", "Where",
-})
-# Layers that read a k x k window of their input, possibly with a stride.
-_WINDOWED = frozenset({"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D",
-                       "AveragePooling2D"})
-
-
-class _UnknownLayer(Exception):
-    pass
-
-
-def _largest(value) -> int:
-    return max(value) if isinstance(value, (tuple, list)) else int(value)
-
-
-def _layer_reach(op, radius: float, jump: float) -> tuple[float, float]:
-    """(radius, jump) after ``op``: the radius in input px one output pixel depends on (an upper
-    bound), and the input px between neighbouring pixels of the output grid."""
-    name = type(op).__name__
-    if name in _POINTWISE:
-        return radius, jump
-    if name in _WINDOWED:
-        k = _largest(getattr(op, "kernel_size", None) or op.pool_size)
-        stride = _largest(op.strides)
-        dilation = _largest(getattr(op, "dilation_rate", 1))
-        # Symmetric only for odd stride-1 "same" windows; a strided window on an even side is
-        # padded at the end only, so it reaches k - 1 px one way.
-        symmetric = stride == 1 and k % 2 == 1 and op.padding == "same"
-        reach = (k - 1) // 2 if symmetric else k - 1
-        return radius + reach * dilation * jump, jump * stride
-    if name == "UpSampling2D":  # nearest: within one input px; bilinear: its neighbour too
-        near = 1 if op.interpolation == "nearest" else 2
-        return radius + near * jump, jump / _largest(op.size)
-    if name == "Conv2DTranspose":
-        return radius + _largest(op.kernel_size) * jump, jump / _largest(op.strides)
-    if isinstance(op, keras.Model) and getattr(op, "outputs", None):
-        inner_radius, inner_jump = _graph_reach(op)
-        return radius + inner_radius * jump, jump * inner_jump
-    sublayers = op._flatten_layers(include_self=False, recursive=False)
-    if not sublayers:
-        raise _UnknownLayer(name)
-    for sub in sublayers:  # a custom block (residual): its layers taken as a chain
-        radius, jump = _layer_reach(sub, radius, jump)
-    return radius, jump
-
-
-def _graph_reach(model) -> tuple[float, float]:
-    """Walks a functional model's graph from its outputs back to its inputs."""
-    memo: dict[int, tuple[float, float]] = {}
-
-    def reach(tensor) -> tuple[float, float]:
-        key = id(tensor)
-        if key not in memo:
-            op, node_index, _ = tensor._keras_history
-            parents = op._inbound_nodes[node_index].input_tensors
-            if not parents:  # an input
-                memo[key] = (0.0, 1.0)
-            else:
-                known = [reach(t) for t in parents]
-                memo[key] = _layer_reach(op, max(r for r, _ in known), max(j for _, j in known))
-        return memo[key]
-
-    found = [reach(t) for t in model.outputs]
-    return max(r for r, _ in found), max(j for _, j in found)
+# --- Receptive radius and overlap --------------------------------------------------------------
 
 
 def receptive_radius(model) -> int | None:
-    """Px of input context on each side that one output pixel of ``model`` can depend on.
-
-    Read off a functional model's layer graph: a stride-1 k x k "same" layer adds (k - 1) / 2
-    px times the grid step in input px, a strided one k - 1 steps (its padding is one-sided),
-    nearest x2 upsampling one step of its input; pointwise layers and adds add nothing; a
-    custom layer counts as its sub-layers in a chain. The paper encoder (SPEC §2): 66; the
-    decoder: 18. None when a layer is not one of those (or ``model`` has no graph).
-    """
+    """Px of input context on each side that one output pixel of ``model`` can depend on, read
+    off its layer graph (:func:`koala.core.tiling.receptive_radius`). The paper encoder
+    (SPEC §2): 66; the decoder: 18. None when a layer is not one the reader knows (or
+    ``model`` has no graph)."""
     try:
-        return math.ceil(_graph_reach(model)[0])
-    except (_UnknownLayer, AttributeError, IndexError, ValueError):
+        return tiling.receptive_radius(model)
+    except tiling.UnknownLayerError:
         return None
 
 
 def default_overlap(model) -> int:
-    """:func:`receptive_radius` rounded up to a multiple of 8, or :data:`FALLBACK_OVERLAP`."""
-    radius = receptive_radius(model)
-    if radius is None:
+    """:func:`receptive_radius` rounded up to a multiple of 8, or :data:`FALLBACK_OVERLAP`
+    with a warning naming the layer the reader does not know."""
+    try:
+        return tiling.round_overlap(tiling.receptive_radius(model))
+    except tiling.UnknownLayerError as e:
+        warnings.warn(f"{e}; tiling with overlap={FALLBACK_OVERLAP} px (FALLBACK_OVERLAP), "
+                      "which may not cover it: pass overlap= to choose", stacklevel=2)
         return FALLBACK_OVERLAP
-    return max(OVERLAP_MULTIPLE, -(-radius // OVERLAP_MULTIPLE) * OVERLAP_MULTIPLE)
 
 
 # --- Running one half on tiles -----------------------------------------------------------------
@@ -240,29 +163,13 @@ class TiledPart:
         if channels is None:
             raise KoalaError(f"{type(model).__name__} is not a functional image model "
                              "(one (B, H, W, C) input and output)")
-        if tile is not None:
-            if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
-                raise ValueError(f"tile must be a positive integer or None, got {tile!r}")
-            tile = max(ALIGN, tile // ALIGN * ALIGN)
-        radius = receptive_radius(model)
-        if overlap is None:
-            overlap = default_overlap(model)
-        elif overlap < 0 or (radius is not None and overlap < radius):
-            raise ValueError(f"overlap must be >= the model's receptive radius {radius or 0} "
-                             f"px, got {overlap}")
         self.model = model
         self.channels_in, self.channels_out = channels
-        self.tile = tile
-        self.overlap = -(-int(overlap) // ALIGN) * ALIGN
-        self.radius = radius
-        # Dynamic shapes: one trace serves every tile size. A graph (not eager Keras) frees
-        # each activation once its last consumer has run. No autograph: nothing to convert.
-        self._forward = tf.function(
-            self._call_model, autograph=False,
-            input_signature=[tf.TensorSpec([None, None, None, self.channels_in], tf.float32)])
-
-    def _call_model(self, x):
-        return self.model(x, training=False)
+        self.tile = tiling.check_tile(tile, ALIGN)
+        self.radius = receptive_radius(model)
+        self.overlap = tiling.check_overlap(default_overlap(model) if overlap is None else overlap,
+                                            self.radius, ALIGN)
+        self._forward = tiling.compile_forward(model, self.channels_in)
 
     def __call__(self, x01) -> np.ndarray:
         """float (H, W, C_in) (or (H, W) for one channel) in [0, 1] -> float32 (H, W, C_out),
@@ -277,12 +184,11 @@ class TiledPart:
         if ph or pw:  # numpy reflects again for pads longer than a tiny side
             x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect")
         out = np.empty((*x.shape[:2], self.channels_out), np.float32)
-        cols = geometry.tile_windows(x.shape[1], self.tile, self.overlap)
-        for r in geometry.tile_windows(x.shape[0], self.tile, self.overlap):
-            for c in cols:
-                pred = self._forward(x[None, r.lo:r.hi, c.lo:c.hi])[0].numpy()
-                out[r.start:r.stop, c.start:c.stop] = pred[r.start - r.lo:r.stop - r.lo,
-                                                           c.start - c.lo:c.stop - c.lo]
+
+        def run(rows, cols):  # the model's output for one window
+            return self._forward(tiling.take(x, rows, cols)[None])[0].numpy()
+
+        tiling.stitch(*x.shape[:2], run, out, tile=self.tile, context=self.overlap, align=ALIGN)
         return np.clip(out[:height, :width], 0.0, 1.0)
 
 

@@ -14,15 +14,19 @@ Inference, as the papers evaluate (SPEC §3):
   reflect-padded by ``border`` px per side, so its output covers the whole image. FSRCNN takes
   the low-res image and returns s times its size.
 
-Tiles. Big images are cut into output tiles of ``tile`` x ``tile`` high-res pixels; each tile's
-model input is the tile plus ``overlap`` px of context per side (clipped at the image edges),
-made from a low-res window that is wider still by :data:`BICUBIC_MARGIN` low-res px, so the
-bicubic upscale, the colour conversion and the model all run on bounded windows and no
-full-size intermediate exists (only the output array). The context covers the model's
-receptive field (:func:`receptive_radius`), so the stitched result equals the whole image run
-at once up to float rounding (tests: within 1e-4). Tile edges that are image edges see exactly
-what the whole image sees there (the same zero padding in "same" convolutions, the same
-reflection, the same bicubic edge handling).
+Tiles (:mod:`koala.core.tiling`, the tiler the codec uses too). Big images are cut into output
+tiles of ``tile`` x ``tile`` high-res pixels; each tile's model input is the tile plus
+``overlap`` px of context per side (clipped at the image edges). SRCNN and the auto-encoder
+tile 1:1 on the high-res grid, each window made from a low-res window that is wider still by
+:data:`BICUBIC_MARGIN` low-res px (the bicubic upscale is outside the model, so the layer graph
+does not see it); FSRCNN tiles the low-res grid with an output scale of s. So the bicubic
+upscale, the colour conversion and the model all run on bounded windows and no full-size
+intermediate exists (only the output array). The context covers the model's receptive radius,
+read off its layer graph (:func:`koala.core.tiling.receptive_radius`; it agrees with the hand
+formula from the config, tests/test_tiling.py), so the stitched result equals the whole image
+run at once up to float rounding (tests: within 1e-4). Tile edges that are image edges see
+exactly what the whole image sees there (the same zero padding in "same" convolutions, the
+same reflection, the same bicubic edge handling).
 
 Measured once by hand (2 CPU cores shared with a training run, TF 2.21 CPU, random weights,
 ``upscale`` of a 2000 x 1500 RGB image to 6000 x 4500, default tile 512, peak RSS of the whole
@@ -46,12 +50,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from koala.core import saving as models
+from koala.core import tiling
 from koala.core.errors import KoalaError
 from koala.data import pipelines
 from koala.ops import color, images
@@ -73,10 +78,10 @@ BICUBIC_MARGIN = 3
 """Low-res px added around every window before the bicubic upscale. Keys' cubic kernel reaches
 2 low-res px; one more so no tap of a kept pixel ever falls outside the window."""
 
-OVERLAP_MULTIPLE = 8
-"""The default overlap is the receptive radius rounded up to a multiple of this (slack)."""
-
 _Y_UNITS = 255.0  # koala.ops.color's YCbCr is in 0..255 units; models see Y / 255 (pipelines.to_y)
+
+_MODELS = {sr.SRCNNConfig: sr.SRCNN, sr.FSRCNNConfig: sr.FSRCNN,
+           sr.AutoencoderConfig: sr.SRAutoencoder}
 
 
 # --- Geometry ------------------------------------------------------------------------------
@@ -91,50 +96,24 @@ def _sr_config(model_or_config):
 
 
 def receptive_radius(model_or_config) -> int:
-    """High-res px of context a tile needs on each side for its output to be exact.
+    """High-res px of context a tile needs on each side for its output to be exact, read off
+    the model's layer graph (:func:`koala.core.tiling.receptive_radius`; a config is built
+    into its model first).
 
-    SRCNN: sum of (k - 1) / 2 over its layers (6 for 9-1-5) -- with "valid" padding the
-    convolutions only see real (or reflected) pixels, with "same" the zero padding at a window
-    edge reaches that far in. Auto-encoder: (2 * depth + 1) 3x3 layers, 1 px each.
-    FSRCNN (on the low-res grid, then times the scale): 2 (conv5) + m (conv3s) + the
-    deconvolution's reach ceil(((9 - 1) / 2) / s) + 1 low-res px.
+    SRCNN: sum of (k - 1) / 2 over its layers (6 for 9-1-5), "valid" or "same". Auto-encoder:
+    (2 * depth + 1) 3x3 layers, 1 px each. FSRCNN (on the low-res grid, then times the
+    scale): 2 (conv5) + m (conv3s) + the deconvolution's ceil(((9 - 1) / 2) / s) + 1.
     """
     config = _sr_config(model_or_config)
-    if isinstance(config, sr.SRCNNConfig):
-        return sum((k - 1) // 2 for k in config.kernels)
-    if isinstance(config, sr.AutoencoderConfig):
-        return (2 * config.depth + 1) * (sr.AE_KERNEL - 1) // 2
-    k = sr.FSRCNN_KERNELS
-    low_res = ((k["feature"] - 1) // 2 + config.m * (k["map"] - 1) // 2
-               + math.ceil((k["deconv"] - 1) / 2 / config.scale) + 1)
-    return low_res * config.scale
+    model = model_or_config
+    if model is config:
+        model = _MODELS[type(config)](**dataclasses.asdict(config))
+    return tiling.receptive_radius(model)
 
 
 def default_overlap(model_or_config) -> int:
     """:func:`receptive_radius` rounded up to a multiple of 8 (SRCNN 9-1-5: 8; FSRCNN x3: 32)."""
-    radius = receptive_radius(model_or_config)
-    return max(OVERLAP_MULTIPLE, -(-radius // OVERLAP_MULTIPLE) * OVERLAP_MULTIPLE)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Span:
-    """One axis of one tile: output [o0, o1) in high-res px; the low-res window [l0, l1);
-    for upsampled models the model-input window [u0, u1) (high-res, before padding) and the
-    reflect padding (lo, hi) in px."""
-
-    o0: int
-    o1: int
-    l0: int
-    l1: int
-    u0: int = 0
-    u1: int = 0
-    pad: tuple[int, int] = (0, 0)
-
-
-def _tile_starts(size: int, tile: int | None) -> list[tuple[int, int]]:
-    if tile is None or tile >= size:
-        return [(0, size)]
-    return [(start, min(start + tile, size)) for start in range(0, size, tile)]
+    return tiling.round_overlap(receptive_radius(model_or_config))
 
 
 def _as_rgb_uint8(image) -> np.ndarray:
@@ -177,22 +156,13 @@ class Upscaler:
 
     def __init__(self, model, *, tile: int | None = DEFAULT_TILE, overlap: int | None = None):
         config = _sr_config(model)
-        scale = config.scale
-        if tile is not None:
-            if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
-                raise ValueError(f"tile must be a positive integer or None, got {tile!r}")
-            if not config.upsampled_input:
-                tile = max(scale, tile // scale * scale)  # FSRCNN tiles on the low-res grid
-        radius = receptive_radius(config)
-        if overlap is None:
-            overlap = default_overlap(config)
-        elif overlap < radius:
-            raise ValueError(f"overlap must be >= the model's receptive radius {radius} px, "
-                             f"got {overlap}")
+        radius = receptive_radius(model)
         self.model = model
         self.config = config
-        self.tile = tile
-        self.overlap = int(overlap)
+        # FSRCNN tiles on the low-res grid: whole low-res pixels.
+        self.tile = tiling.check_tile(tile, 1 if config.upsampled_input else config.scale)
+        self.overlap = tiling.check_overlap(
+            tiling.round_overlap(radius) if overlap is None else overlap, radius)
         self.border = sr.border(config)
         self.y_only = config.channels == 1
         # Context per side in the model's input grid: high-res px, or low-res px for FSRCNN
@@ -200,16 +170,9 @@ class Upscaler:
         if config.upsampled_input:
             self.input_margin = self.overlap
         else:
-            self.input_margin = max(math.ceil(self.overlap / scale),
+            self.input_margin = max(math.ceil(self.overlap / config.scale),
                                     BICUBIC_MARGIN if self.y_only else 0)
-        # Dynamic shapes: one trace serves every tile size.
-        self._forward = tf.function(
-            self._call_model,
-            input_signature=[tf.TensorSpec([None, None, None, config.channels], tf.float32)],
-        )
-
-    def _call_model(self, x):
-        return self.model(x, training=False)
+        self._forward = tiling.compile_forward(model, config.channels)
 
     @classmethod
     def load(cls, path, **kwargs) -> Upscaler:
@@ -234,12 +197,9 @@ class Upscaler:
         """uint8 (h, w, 3) low-res (or (h, w), or a LoadedImage) -> uint8 (s*h, s*w, 3)."""
         rgb = _as_rgb_uint8(rgb)
         out = np.empty((rgb.shape[0] * self.scale, rgb.shape[1] * self.scale, 3), np.uint8)
-
-        def write(rows, cols, tile01):  # rounded per tile: no full-size float array
-            out[rows, cols] = np.round(tile01 * 255.0).astype(np.uint8)
-
-        self._run(rgb.astype(np.float32) / 255.0, write)
-        return out
+        # Rounded per tile: no full-size float array.
+        return self._run(rgb.astype(np.float32) / 255.0, out,
+                         lambda tile01: np.round(tile01 * 255.0).astype(np.uint8))
 
     def upscale_float(self, rgb01) -> np.ndarray:
         """float (h, w, 3) in [0, 1] -> float32 (s*h, s*w, 3) in [0, 1], not rounded."""
@@ -248,74 +208,60 @@ class Upscaler:
             raise ValueError(f"expected an (h, w, 3) image, got shape {rgb01.shape}")
         out = np.empty((rgb01.shape[0] * self.scale, rgb01.shape[1] * self.scale, 3),
                        np.float32)
-
-        def write(rows, cols, tile01):
-            out[rows, cols] = tile01
-
-        self._run(rgb01, write)
-        return out
+        return self._run(rgb01, out)
 
     # -- tiling
 
-    def _spans(self, size: int) -> Iterator[_Span]:
-        """The tiles of one axis of a low-res side ``size``."""
-        s, high = self.scale, size * self.scale
-        for o0, o1 in _tile_starts(high, self.tile):
-            if not self.config.upsampled_input:
-                # FSRCNN: o0, o1 are multiples of s; the model's window is low-res.
-                m = self.input_margin
-                yield _Span(o0, o1, max(0, o0 // s - m), min(size, o1 // s + m))
-                continue
-            u0, u1 = max(0, o0 - self.overlap), min(high, o1 + self.overlap)
-            b = self.border  # reflect-pad only where the window is at the image edge
-            pad = (b if u0 == 0 else 0, b if u1 == high else 0)
-            l0 = max(0, u0 // s - BICUBIC_MARGIN)
-            l1 = min(size, -(-u1 // s) + BICUBIC_MARGIN)
-            yield _Span(o0, o1, l0, l1, u0, u1, pad)
-
-    def _run(self, rgb01: np.ndarray, write: Callable) -> None:
+    def _run(self, rgb01: np.ndarray, out: np.ndarray, convert: Callable | None = None):
         height, width = rgb01.shape[:2]
         if height < 1 or width < 1:
             raise ValueError(f"empty image of shape {rgb01.shape}")
-        cols = list(self._spans(width))
-        for rs in self._spans(height):
-            for cs in cols:
-                window = rgb01[rs.l0:rs.l1, cs.l0:cs.l1]
-                write(slice(rs.o0, rs.o1), slice(cs.o0, cs.o1), self._tile(window, rs, cs))
-
-    def _tile(self, window: np.ndarray, rs: _Span, cs: _Span) -> np.ndarray:
-        """Low-res window (h', w', 3) in [0, 1] -> the output tile (o1-o0 rows, cols, 3)."""
         s = self.scale
+        if self.config.upsampled_input:  # the model runs 1:1 on the high-res grid
+            return tiling.stitch(
+                s * height, s * width, lambda r, c: self._upsampled_window(rgb01, r, c), out,
+                tile=self.tile, context=self.overlap, border=self.border, convert=convert)
+        return tiling.stitch(  # FSRCNN: low-res windows, s x their size out
+            height, width, lambda r, c: self._low_res_window(tiling.take(rgb01, r, c)), out,
+            tile=self.tile, context=self.input_margin, scale=s, convert=convert)
+
+    def _colour_in(self, window: np.ndarray) -> tf.Tensor:
+        """RGB (h', w', 3) in [0, 1] -> what the model's channels are made of: RGB, or Y, Cb,
+        Cr in [0, 1] for a Y model."""
         x = tf.constant(window)
-        if self.y_only:
-            x = color.rgb_to_ycbcr(x) / _Y_UNITS  # (h', w', 3): Y, Cb, Cr in [0, 1]
-        if self.config.upsampled_input:
-            up = pipelines.bicubic_upscale(x, s).numpy()  # high-res [s*l0, s*l1)
-            up = up[rs.u0 - s * rs.l0:rs.u1 - s * rs.l0, cs.u0 - s * cs.l0:cs.u1 - s * cs.l0]
-            model_in = up[..., :1] if self.y_only else up
-            if rs.pad != (0, 0) or cs.pad != (0, 0):
-                # numpy's reflect repeats the reflection for pads longer than the side (tiny
-                # images); a window at an edge is then the whole side, as untiled.
-                model_in = np.pad(model_in, (rs.pad, cs.pad, (0, 0)), mode="reflect")
-            pred = self._forward(model_in[None])[0].numpy()
-            # Output row 0 sits at model-input row border: high-res row u0 - pad + border.
-            r0 = rs.o0 - (rs.u0 - rs.pad[0] + self.border)
-            c0 = cs.o0 - (cs.u0 - cs.pad[0] + self.border)
-            pred = pred[r0:r0 + rs.o1 - rs.o0, c0:c0 + cs.o1 - cs.o0]
-            if not self.y_only:
-                return np.clip(pred, 0.0, 1.0)
-            cbcr = up[rs.o0 - rs.u0:rs.o1 - rs.u0, cs.o0 - cs.u0:cs.o1 - cs.u0, 1:]
-        else:
-            model_in = x[..., :1] if self.y_only else x
-            pred = self._forward(model_in[None])[0].numpy()  # high-res [s*l0, s*l1)
-            rows = slice(rs.o0 - s * rs.l0, rs.o1 - s * rs.l0)
-            cols = slice(cs.o0 - s * cs.l0, cs.o1 - s * cs.l0)
-            pred = pred[rows, cols]
-            if not self.y_only:
-                return np.clip(pred, 0.0, 1.0)
-            cbcr = pipelines.bicubic_upscale(x[..., 1:], s).numpy()[rows, cols]
+        return color.rgb_to_ycbcr(x) / _Y_UNITS if self.y_only else x
+
+    def _colour_out(self, pred: np.ndarray, cbcr: np.ndarray | None) -> np.ndarray:
+        """The model's output (and the bicubic Cb, Cr of the same pixels) -> RGB in [0, 1]."""
+        if not self.y_only:
+            return np.clip(pred, 0.0, 1.0)
         ycbcr = np.concatenate([pred, cbcr], axis=-1) * _Y_UNITS
         return np.clip(color.ycbcr_to_rgb(ycbcr).numpy(), 0.0, 1.0)
+
+    def _low_res_window(self, window: np.ndarray) -> np.ndarray:
+        """FSRCNN: low-res window (h', w', 3) in [0, 1] -> RGB (s*h', s*w', 3)."""
+        x = self._colour_in(window)
+        pred = self._forward((x[..., :1] if self.y_only else x)[None])[0].numpy()
+        cbcr = pipelines.bicubic_upscale(x[..., 1:], self.scale).numpy() if self.y_only else None
+        return self._colour_out(pred, cbcr)
+
+    def _upsampled_window(self, rgb01: np.ndarray, rows: tiling.Window,
+                          cols: tiling.Window) -> np.ndarray:
+        """SRCNN, auto-encoder: the model's output for the high-res windows ``rows`` x ``cols``
+        (from ``(rows.origin, cols.origin)``), made from the low-res pixels under them."""
+        s = self.scale
+        (r0, r1), (c0, c1) = (
+            tiling.source(w.lo, w.hi, size, BICUBIC_MARGIN, scale=s)
+            for w, size in ((rows, rgb01.shape[0]), (cols, rgb01.shape[1])))
+        up = pipelines.bicubic_upscale(self._colour_in(rgb01[r0:r1, c0:c1]), s).numpy()
+        # up holds high-res [s*r0, s*r1) x [s*c0, s*c1); the model input is the windows,
+        # reflect-padded by the border where they touch the image edges.
+        model_in = tiling.take(up[..., :1] if self.y_only else up, rows, cols,
+                               offset=(s * r0, s * c0))
+        pred = self._forward(model_in[None])[0].numpy()
+        top, left = rows.origin - s * r0, cols.origin - s * c0
+        cbcr = up[top:top + pred.shape[0], left:left + pred.shape[1], 1:]
+        return self._colour_out(pred, cbcr if self.y_only else None)
 
 
 def check_scale(upscaler: Upscaler, scale: int | None) -> None:
