@@ -10,6 +10,7 @@ missing, corrupt or colourless records (or nothing to count).
 
 from __future__ import annotations
 
+import functools
 import os
 
 from absl import flags
@@ -76,8 +77,7 @@ def main(argv) -> int:
     return 0
 
 
-def run():
-    common.run(main)
+run = functools.partial(common.run, main)  # the console script
 
 
 if __name__ == "__main__":

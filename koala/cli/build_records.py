@@ -19,9 +19,9 @@ skipped and listed in manifest.json; the exit status is non-zero only when no im
 usable or more than --max_skipped_fraction were skipped. See :mod:`koala.data.build`.
 """
 
+import functools
 import os
 import pathlib
-import sys
 
 from absl import flags, logging
 
@@ -119,16 +119,14 @@ def main(argv) -> int:
     try:
         result = build_lib.build(config, flags=recorded)
     except KoalaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return common.error(str(e))
     m = result.manifest
     per = m["bytes_per_example"]
     part = f" part {config.part}" if config.part else ""
     print(f"records: {output_dir}{part}  train={m['counts']['train']} val={m['counts']['val']} "
           f"skipped={len(m['skipped'])} in {m['elapsed_s']:.1f}s "
           f"({sum(m['counts'].values()) / max(m['elapsed_s'], 1e-9):.2f} img/s)")
-    for item in m["skipped"]:
-        print(f"  skipped {item['path']}: {item['reason']}")
+    _print_skipped(m)
     if "color_fields" in per:
         print(f"bytes/example: colour fields {per['color_fields'] / 1000:.1f} KB "
               f"(L {per.get('l_png', 0) / 1000:.1f} KB, ab {per.get('ab_png', 0) / 1000:.1f} KB, "
@@ -141,9 +139,18 @@ def main(argv) -> int:
               f"--output_dir={output_dir} --num_workers={config.num_workers}")
     else:
         print(f"manifest: {os.path.join(output_dir, build_lib.MANIFEST)}")
+    return _status(result)
+
+
+def _print_skipped(manifest: dict) -> None:
+    for item in manifest["skipped"]:
+        print(f"  skipped {item['path']}: {item['reason']}")
+
+
+def _status(result) -> int:
+    """1 (with the reason on stderr) when the build or merge is not usable, else 0."""
     if not result.ok:
-        print(f"error: {result.message}", file=sys.stderr)
-        return 1
+        return common.error(result.message, 1)
     logging.info(result.message)
     return 0
 
@@ -153,9 +160,8 @@ def merge(fv: flags.FlagValues) -> int:
     extra = [f"--{name}" for name in ("input_dir", "groups", *_CONFIG_FLAGS)
              if fv[name].present and name not in _MERGE_FLAGS]
     if extra:
-        print(f"error: --merge reads the parts' settings from their manifests: drop "
-              f"{', '.join(extra)}", file=sys.stderr)
-        return 2
+        return common.error(f"--merge reads the parts' settings from their manifests: drop "
+                            f"{', '.join(extra)}")
     num_workers = fv.num_workers if fv["num_workers"].present else None
     recorded = {name: fv[name].value for name in _MERGE_FLAGS}
     try:
@@ -163,8 +169,7 @@ def merge(fv: flags.FlagValues) -> int:
                                  max_skipped_fraction=fv.max_skipped_fraction,
                                  flags=recorded)
     except KoalaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return common.error(str(e))
     m = result.manifest
     if "parts" not in m:
         print(result.message)
@@ -172,18 +177,12 @@ def merge(fv: flags.FlagValues) -> int:
     print(f"records: {fv.output_dir}  train={m['counts']['train']} "
           f"val={m['counts']['val']} skipped={len(m['skipped'])} "
           f"from {m['num_workers']} parts")
-    for item in m["skipped"]:
-        print(f"  skipped {item['path']}: {item['reason']}")
+    _print_skipped(m)
     print(f"manifest: {os.path.join(fv.output_dir, build_lib.MANIFEST)}")
-    if not result.ok:
-        print(f"error: {result.message}", file=sys.stderr)
-        return 1
-    logging.info(result.message)
-    return 0
+    return _status(result)
 
 
-def run():
-    common.run(main)
+run = functools.partial(common.run, main)  # the console script
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ The library is :mod:`koala.tasks.codec.inference`.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -109,8 +110,7 @@ def main(argv) -> int:
                                     progress=fv.progress)
 
 
-def run():
-    common.run(main)
+run = functools.partial(common.run, main)  # the console script
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ deterministic and refuses ``--samples`` > 1. The library is
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -124,8 +125,7 @@ def main(argv) -> int:
                                     progress=fv.progress)
 
 
-def run():
-    common.run(main)
+run = functools.partial(common.run, main)  # the console script
 
 
 if __name__ == "__main__":

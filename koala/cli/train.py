@@ -14,6 +14,7 @@ handling: :mod:`koala.core.trainer`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from absl import flags
 
@@ -194,8 +195,7 @@ def main(argv) -> int:
     return 0
 
 
-def run():
-    common.run(main)
+run = functools.partial(common.run, main)  # the console script
 
 
 if __name__ == "__main__":

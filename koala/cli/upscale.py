@@ -14,6 +14,7 @@ be done (no model, wrong scale, no images). The library is :mod:`koala.tasks.sr.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from absl import flags
@@ -79,8 +80,7 @@ def main(argv) -> int:
     return 1 if failed else 0
 
 
-def run():
-    common.run(main)
+run = functools.partial(common.run, main)  # the console script
 
 
 if __name__ == "__main__":

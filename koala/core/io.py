@@ -12,11 +12,10 @@ import json
 import os
 from collections.abc import Callable
 
-_REMOTE = ("gs://", "s3://", "hdfs://")
-
 
 def _is_remote(path: str) -> bool:
-    return path.startswith(_REMOTE)
+    """A path with a scheme (gs://, s3://, hdfs://, ram://): tf.io.gfile's, not the OS's."""
+    return "://" in path
 
 
 def atomic_write(path, data: str | bytes | Callable[[str], None], *, fsync: bool = True) -> None:
@@ -58,6 +57,7 @@ def atomic_write(path, data: str | bytes | Callable[[str], None], *, fsync: bool
             os.remove(tmp)
 
 
-def atomic_write_json(path, obj, *, indent: int = 2) -> None:
-    """``obj`` as JSON text (UTF-8, not ASCII-escaped), written atomically."""
-    atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+def atomic_write_json(path, obj, *, indent: int = 2, ensure_ascii: bool = False) -> None:
+    """``obj`` as JSON text, written atomically. ``ensure_ascii=True`` escapes non-ASCII
+    text, which also writes a file name's lone surrogates (a non-UTF-8 name) exactly."""
+    atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii) + "\n")

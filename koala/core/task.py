@@ -64,3 +64,17 @@ class Task(Protocol):
 
     def run_info(self, run: RunConfig, cfg) -> dict:
         """Extra keys for run.json (e.g. the ab prior a colorizer was trained with)."""
+
+
+class TaskBase:
+    """Defaults for the optional parts of a :class:`Task`: no extra callbacks, best.keras
+    follows the loss, nothing more in run.json."""
+
+    def callbacks(self, model, run: RunConfig, cfg) -> list:
+        return []
+
+    def monitor(self, model) -> str:
+        return "loss"
+
+    def run_info(self, run: RunConfig, cfg) -> dict:
+        return {}

@@ -20,6 +20,7 @@ records (or nothing to count).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import zipfile
 
@@ -27,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from koala.core.errors import KoalaError
+from koala.core.io import atomic_write
 from koala.core.progress import Progress
 from koala.data import pipelines, records
 from koala.ops import color, colorbins
@@ -147,20 +149,14 @@ def compute_prior(config: PriorConfig) -> AbPrior:
 def save_prior(path, prior: AbPrior) -> None:
     """Writes ``prior`` as an uncompressed .npz, atomically (a temporary name, then a rename).
 
-    Local paths only (``os.replace``); the folder is created.
+    The folder is created.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    fields = {f.name: getattr(prior, f.name) for f in dataclasses.fields(prior)}
-    try:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-            np.savez(f, **{k: np.asarray(v) for k, v in fields.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    fields = {f.name: np.asarray(getattr(prior, f.name)) for f in dataclasses.fields(prior)}
+    buffer = io.BytesIO()  # a file object: np.savez would append .npz to a name
+    np.savez(buffer, **fields)
+    atomic_write(path, buffer.getvalue())
 
 
 def load_prior(path) -> AbPrior:

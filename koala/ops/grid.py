@@ -3,11 +3,10 @@ TensorBoard."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from PIL import Image
 
+from koala.core.io import atomic_write
 from koala.ops import geometry
 
 GAP = 4  # pixels of white between cells
@@ -41,8 +40,6 @@ def make_grid(rows, *, height: int = 192, gap: int = GAP) -> np.ndarray:
 
 
 def save_png(path, image: np.ndarray) -> None:
-    """Writes a uint8 image as PNG atomically (temporary name, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Writes a uint8 image as PNG atomically (:func:`koala.core.io.atomic_write`)."""
+    image = Image.fromarray(np.asarray(image, np.uint8))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), fsync=False)

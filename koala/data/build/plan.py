@@ -14,12 +14,11 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 import re
 
 import tensorflow as tf
 
-from koala.core.io import atomic_write
+from koala.core.io import atomic_write_json
 from koala.data import features
 from koala.ops import geometry
 from koala.ops.images import DEFAULT_MAX_PIXELS
@@ -190,22 +189,11 @@ def file_sha256(path: str) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """``obj`` as JSON, written atomically: a local path by :func:`koala.core.io.atomic_write`
-    (fsynced, renamed), a tf.io.gfile URL to a temporary name and renamed, as ``atomic_write``
-    does for the schemes it knows (gs://, s3://, hdfs://, not ram://, which the tests use).
-
-    ASCII-escaped, unlike ``atomic_write_json``: a non-UTF-8 name in a state file is a lone
-    surrogate, which JSON writes as ``\\udce9`` and reads back exactly.
-    """
-    text = json.dumps(obj, indent=2)
-    if "://" not in path:
-        atomic_write(path, text)
-        return
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{base}")
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    """``obj`` as JSON, written atomically (:func:`koala.core.io.atomic_write_json`; a
+    tf.io.gfile URL such as gs:// or ram:// through tf.io.gfile). ASCII-escaped: a non-UTF-8
+    name in a state file is a lone surrogate, which JSON writes as ``\\udce9`` and reads back
+    exactly."""
+    atomic_write_json(path, obj, ensure_ascii=True)
 
 
 def read_json(path: str) -> dict | None:

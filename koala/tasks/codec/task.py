@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from koala.core.task import Datasets, ModelEntry
+from koala.core.task import Datasets, ModelEntry, TaskBase
 from koala.data import pipelines
 from koala.ops import grid
 from koala.tasks.codec import stages
@@ -19,7 +19,7 @@ def _to_uint8(t) -> np.ndarray:
     return np.round(np.clip(t.numpy(), 0, 1) * 255).astype(np.uint8)
 
 
-class CodecTask:
+class CodecTask(TaskBase):
     """The codec family's :class:`~koala.core.task.Task`."""
 
     name = "codec"
@@ -65,12 +65,6 @@ class CodecTask:
         restored = model.decoder(gray, training=False)
         rows = zip(_to_uint8(examples), _to_uint8(gray), _to_uint8(restored), strict=True)
         return "input | grayscale | restored", grid.make_grid(list(rows), height=128)
-
-    def monitor(self, model) -> str:
-        return "loss"
-
-    def run_info(self, run, cfg) -> dict:
-        return {}
 
 
 TASK = CodecTask()

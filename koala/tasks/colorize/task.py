@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from koala.core.errors import KoalaError
-from koala.core.task import Datasets, ModelEntry
+from koala.core.task import Datasets, ModelEntry, TaskBase
 from koala.core.trainer import CriticLearningRate
 from koala.data import bin_prior, pipelines
 from koala.ops import color, colorbins, grid
@@ -84,7 +84,7 @@ def _is_lal(model) -> bool:
     return isinstance(model, LalColorizer)
 
 
-class ColorizeTask:
+class ColorizeTask(TaskBase):
     """The colorize family's :class:`~koala.core.task.Task`."""
 
     name = "colorize"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from koala.core.task import Datasets, ModelEntry
+from koala.core.task import Datasets, ModelEntry, TaskBase
 from koala.data import pipelines
 from koala.ops import grid
 from koala.tasks.sr import models
@@ -18,7 +18,7 @@ def _to_uint8(t, size) -> np.ndarray:
     return np.round(np.clip(t.numpy(), 0, 1) * 255).astype(np.uint8)
 
 
-class SRTask:
+class SRTask(TaskBase):
     """The super-resolution family's :class:`~koala.core.task.Task`."""
 
     name = "sr"
@@ -55,9 +55,6 @@ class SRTask:
                 drop_remainder=split_batches, **kw).map(crop)
         return Datasets(train, val)
 
-    def callbacks(self, model, run, cfg) -> list:
-        return []
-
     def preview(self, model, examples):
         """[input | output | target] of fixed validation patches."""
         x, y = examples
@@ -65,12 +62,6 @@ class SRTask:
         size = y.shape[1:3]
         rows = zip(_to_uint8(x, size), _to_uint8(pred, size), _to_uint8(y, size), strict=True)
         return "input | output | target", grid.make_grid(list(rows), height=96)
-
-    def monitor(self, model) -> str:
-        return "loss"
-
-    def run_info(self, run, cfg) -> dict:
-        return {}
 
 
 TASK = SRTask()
