@@ -1,5 +1,6 @@
 r"""Super-resolution speed on this CPU: output megapixels/s of each model through
-``koala.tasks.sr.inference.Upscaler``, against the model's FLOP floor at the machine's measured peak.
+``koala.tasks.sr.inference.Upscaler``, against the model's FLOP floor at the machine's measured
+peak.
 
   python benchmarks/sr.py [--width=600 --height=400] [--scale=3]
 

@@ -4,7 +4,8 @@ rate from records vs a bare ``model.fit`` on in-memory tensors of the same model
   python benchmarks/train.py [--image_size=224] [--batch_size=8] [--steps=24]
 
   bare fit     ``model.fit`` on in-memory numpy arrays: no input pipeline, no callbacks.
-  koala.cli.train  ``koala.core.trainer.train`` from TFRecords (decode, shuffle, flip, prefetch) with
+  koala.cli.train  ``koala.core.trainer.train`` from TFRecords (decode, shuffle, flip, prefetch)
+  with
                all its callbacks (backup, CSV, checkpoints, TensorBoard).
 
 Step rates are timed inside an epoch (from the end of its first step to the end of its last),
@@ -100,7 +101,7 @@ def main(argv):
     print(f"bare model.fit, mixed_bfloat16:  {bf16 * batch:7.2f} images/s ({bf16:.3f} steps/s)"
           f"  = {bf16 / f32:.2f}x float32")
     rate, total = koala_train(records, batch, steps)
-    print(f"koala.cli.train from records, float32: {rate * batch:5.2f} images/s ({rate:.3f} steps/s)")
+    print(f"koala.train from records, float32: {rate * batch:5.2f} images/s ({rate:.3f} steps/s)")
     print(f"ratio koala.cli.train / bare fit:     {rate / f32:7.3f}  (target >= 0.95)")
     print(f"(koala.cli.train wall time for 2 epochs x {steps} steps incl. tracing, validation and "
           f"checkpoints: {total:.1f} s)")

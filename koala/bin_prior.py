@@ -1,4 +1,5 @@
-"""``python -m koala.bin_prior``: an alias of :mod:`koala.cli.bin_prior`, kept for the commands users know."""
+"""``python -m koala.bin_prior``: an alias of :mod:`koala.cli.bin_prior` (the command users
+know)."""
 
 from koala.cli.bin_prior import main, run  # noqa: F401
 

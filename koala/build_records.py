@@ -1,4 +1,5 @@
-"""``python -m koala.build_records``: an alias of :mod:`koala.cli.build_records`, kept for the commands users know."""
+"""``python -m koala.build_records``: an alias of :mod:`koala.cli.build_records` (the command users
+know)."""
 
 from koala.cli.build_records import main, run  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""``python -m koala.codec``: an alias of :mod:`koala.cli.codec`, kept for the commands users know."""
+"""``python -m koala.codec``: an alias of :mod:`koala.cli.codec` (the command users know)."""
 
 from koala.cli.codec import main, run  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""``python -m koala.colorize``: an alias of :mod:`koala.cli.colorize`, kept for the commands users know."""
+"""``python -m koala.colorize``: an alias of :mod:`koala.cli.colorize` (the command users know)."""
 
 from koala.cli.colorize import main, run  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""``python -m koala.demo``: an alias of :mod:`koala.cli.demo`, kept for the commands users know."""
+"""``python -m koala.demo``: an alias of :mod:`koala.cli.demo` (the command users know)."""
 
 from koala.cli.demo import main, run  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""``python -m koala.evaluate``: an alias of :mod:`koala.cli.evaluate`, kept for the commands users know."""
+"""``python -m koala.evaluate``: an alias of :mod:`koala.cli.evaluate` (the command users know)."""
 
 from koala.cli.evaluate import main, run  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""``python -m koala.train``: an alias of :mod:`koala.cli.train`, kept for the commands users know."""
+"""``python -m koala.train``: an alias of :mod:`koala.cli.train` (the command users know)."""
 
 from koala.cli.train import main, run  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""``python -m koala.upscale``: an alias of :mod:`koala.cli.upscale`, kept for the commands users know."""
+"""``python -m koala.upscale``: an alias of :mod:`koala.cli.upscale` (the command users know)."""
 
 from koala.cli.upscale import main, run  # noqa: F401
 

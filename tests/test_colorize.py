@@ -1,4 +1,5 @@
-"""koala.tasks.colorize.inference: full-resolution inference (exact sizes, L* kept, ab cropped from the padded
+"""koala.tasks.colorize.inference: full-resolution inference (exact sizes, L* kept, ab cropped from
+the padded
 square and upsampled), the gray baseline, saturation, loading, and the command line."""
 
 import os

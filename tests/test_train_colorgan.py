@@ -1,4 +1,4 @@
-"""ColorGAN through koala.cli.train (smoke flagfile) and koala.tasks.colorize.inference --samples/--seed."""
+"""ColorGAN through koala.train (smoke flagfile) and koala.colorize --samples/--seed."""
 
 import csv
 import subprocess

@@ -1,4 +1,4 @@
-"""Lal et al.'s colorizer through koala.cli.train (smoke flagfile), koala.tasks.colorize.inference and evaluate."""
+"""Lal et al.'s colorizer through koala.train (smoke flagfile), koala.colorize, koala.evaluate."""
 
 import csv
 import subprocess

@@ -41,32 +41,45 @@ def define_flags(fv: flags.FlagValues) -> None:
                         "Default: the built-in samples (data/samples).", flag_values=fv)
     flags.DEFINE_string("output_dir", None, "Where shards and manifest.json go. "
                         "Default (with no --input_dir): data/records/samples.", flag_values=fv)
-    flags.DEFINE_integer("image_size", 224, "Side of the L/ab square (SPEC §1: 224).", lower_bound=8, flag_values=fv)
+    flags.DEFINE_integer("image_size", 224, "Side of the L/ab square (SPEC §1: 224).",
+                         lower_bound=8,
+                         flag_values=fv)
     flags.DEFINE_enum("fit", "pad", geometry.FITS,
-                      "pad: keep aspect, pad to a square with white (paper); crop: centre crop.", flag_values=fv)
-    flags.DEFINE_integer("max_side", 1024, "Cap on the long side of the stored RGB.", lower_bound=8, flag_values=fv)
+                      "pad: keep aspect, pad to a square with white (paper); crop: centre crop.",
+                      flag_values=fv)
+    flags.DEFINE_integer("max_side", 1024, "Cap on the long side of the stored RGB.", lower_bound=8,
+                         flag_values=fv)
     flags.DEFINE_multi_enum("groups", ["color", "rgb"], ["color", "rgb"],
-                            "Field groups to write: color (L, ab, embedding) and/or rgb.", flag_values=fv)
+                            "Field groups to write: color (L, ab, embedding) and/or rgb.",
+                            flag_values=fv)
     flags.DEFINE_enum("embedder", "inception_resnet_v2", sorted(embedder_lib.EMBEDDERS),
-                      "Global-feature network (SPEC §1: inception_resnet_v2 at 299 px).", flag_values=fv)
+                      "Global-feature network (SPEC §1: inception_resnet_v2 at 299 px).",
+                      flag_values=fv)
     flags.DEFINE_string("embedder_weights", "imagenet",
                         "imagenet (keras.applications; needs the download or $KERAS_HOME cache), "
-                        "none (random: recorded and warned about) or a local weights file.", flag_values=fv)
+                        "none (random: recorded and warned about) or a local weights file.",
+                        flag_values=fv)
     flags.DEFINE_float("val_fraction", 0.1, "Share of images in the val split (by path hash).",
                        lower_bound=0.0, upper_bound=0.99, flag_values=fv)
-    flags.DEFINE_integer("examples_per_shard", 256, "Examples per shard file.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_enum("compression", "none", sorted(build_lib.COMPRESSIONS), "Shard compression.", flag_values=fv)
+    flags.DEFINE_integer("examples_per_shard", 256, "Examples per shard file.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_enum("compression", "none", sorted(build_lib.COMPRESSIONS), "Shard compression.",
+                      flag_values=fv)
     flags.DEFINE_enum("rgb_codec", "png", build_lib.RGB_CODECS,
-                      "Codec for RGB images that must be re-encoded (resized, rotated, converted).", flag_values=fv)
+                      "Codec for RGB images that must be re-encoded (resized, rotated, converted).",
+                      flag_values=fv)
     flags.DEFINE_integer("jpeg_quality", 95, "Quality with --rgb_codec=jpeg.", lower_bound=1,
                          upper_bound=100, flag_values=fv)
     flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS,
-                         "Decompression-bomb limit: larger images are skipped.", lower_bound=1, flag_values=fv)
+                         "Decompression-bomb limit: larger images are skipped.", lower_bound=1,
+                         flag_values=fv)
     flags.DEFINE_integer("batch_size", 16, "Embedder batch size.", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("num_threads", min(4, os.cpu_count() or 1),
                          "Threads decoding images.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_bool("resume", False, "Continue a killed build: finished shards are kept.", flag_values=fv)
-    flags.DEFINE_bool("overwrite", False, "Replace an existing build in --output_dir.", flag_values=fv)
+    flags.DEFINE_bool("resume", False, "Continue a killed build: finished shards are kept.",
+                      flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing build in --output_dir.",
+                      flag_values=fv)
     flags.DEFINE_float("max_skipped_fraction", 0.5,
                        "Exit non-zero if more than this share of the images is skipped.",
                        lower_bound=0.0, upper_bound=1.0, flag_values=fv)
@@ -83,7 +96,8 @@ def define_flags(fv: flags.FlagValues) -> None:
         ["resume", "overwrite"], lambda f: not (f["resume"] and f["overwrite"]),
         "--resume and --overwrite exclude each other", flag_values=fv)
     flags.register_multi_flags_validator(
-        ["input_dir", "output_dir"], lambda f: f["input_dir"] is None or f["output_dir"] is not None,
+        ["input_dir", "output_dir"],
+        lambda f: f["input_dir"] is None or f["output_dir"] is not None,
         "--output_dir is required with --input_dir", flag_values=fv)
     flags.register_multi_flags_validator(
         ["num_workers", "worker_index"], lambda f: f["worker_index"] < f["num_workers"],

@@ -67,7 +67,7 @@ def main() -> int:
     model = RUN / "train" / "best.keras"
     val = _val_photos()
     _step("3/4 colorize the validation photos", [
-        "-m", "koala.tasks.colorize.inference", str(val), "-o", str(RUN / "colorized"), "--model", str(model),
+        "-m", "koala.colorize", str(val), "-o", str(RUN / "colorized"), "--model", str(model),
         "--grid"])
     _step("4/4 evaluate against the truth and the gray baseline", [
         "-m", "koala.evaluate", "--task=colorize", "--model", str(model), "--images", str(val),

@@ -21,7 +21,16 @@ import koala
 from koala.core.errors import RecordsError
 from koala.data.build import plan as plan_lib
 from koala.data.build.plan import (
-    ANY_SHARD_RE, MANIFEST, PART_TAG, SPLITS, STATE_DIR, BuildResult, listdir, read_json, workers_of, write_json,
+    ANY_SHARD_RE,
+    MANIFEST,
+    PART_TAG,
+    SPLITS,
+    STATE_DIR,
+    BuildResult,
+    listdir,
+    read_json,
+    workers_of,
+    write_json,
 )
 
 # Must agree between parts (besides their content config); their input listing must too.

@@ -79,7 +79,8 @@ Departures from the paper and the authors' code:
    the 256 levels. Evaluation must round G to 8 bits (a real PNG round trip) and decode
    that, which ``model.decoder`` alone does.
 3. **Local structure** is the paper's per-pixel L1 of horizontal and vertical finite
-   differences (:func:`koala.tasks.codec.losses.structure`) in both presets. The authors' "TV" term is
+   differences (:func:`koala.tasks.codec.losses.structure`) in both presets. The authors' "TV" term
+   is
    different: ``|mean_b TV(G) - mean_b TV(Y)| / 256^2``, a difference of *global* total
    variations, which lets local structure move as long as the total is unchanged; it is not
    implemented.
@@ -411,7 +412,8 @@ class InvertibleGrayscale(keras.Model):
     functional models that can be used and saved on their own.
 
     Training: ``compile(optimizer=...)`` (no ``loss``: :meth:`train_step` computes the terms
-    of :mod:`koala.tasks.codec.losses` and weighs them with the current stage's :meth:`loss_weights`),
+    of :mod:`koala.tasks.codec.losses` and weighs them with the current stage's
+    :meth:`loss_weights`),
     then ``fit`` on a dataset of RGB batches (or ``(rgb, ...)`` tuples). Logs ``loss``, each
     term in ``TERMS`` and ``stage``; validation logs ``val_`` of each. When the contrast term
     is weighted, attach a perceptual net first: ``model.set_perceptual(

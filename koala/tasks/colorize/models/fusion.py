@@ -95,7 +95,8 @@ changes (Q = 262 with ``bin_rule="nearest"``)::
     total: 6 651 494 with BN (6 576 354 - 578 + 75 718), 6 648 934 without
 
 The model's output is the same normalised ab as the regression model's, so ``predict``,
-:mod:`koala.tasks.colorize.inference`, :mod:`koala.cli.evaluate` and the trainer's image grids work unchanged.
+:mod:`koala.tasks.colorize.inference`, :mod:`koala.cli.evaluate` and the trainer's image grids work
+unchanged.
 :meth:`FusionColorizer.classify` gives ``(probs, ab)``; training (:meth:`FusionColorizer.
 train_step`) minimises :func:`rebalanced_cross_entropy` and logs ``loss`` and ``ab_mse`` (the
 MSE of the decoded ab, the regression model's loss, for comparison). The class-rebalancing
@@ -171,7 +172,8 @@ class FusionConfig:
     embedder, embedder_weights, embedder_fit:
                     which :class:`koala.ops.embedder.Embedder` makes the "embedding" input (name,
                     weights, fit). Not part of the network: recorded in the saved model so
-                    ``koala.tasks.colorize.inference`` rebuilds the embedder the model was trained with. The
+                    ``koala.tasks.colorize.inference`` rebuilds the embedder the model was trained
+                    with. The
                     trainer copies them from the records' manifest.
     head:           "regression" (the paper) or "classification" (SPEC §5, see the module
                     docstring).
@@ -269,7 +271,8 @@ class FusionLayer(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="koala")
 class AnnealedMean(keras.layers.Layer):
-    """Decodes ab bin distributions by their annealed mean (:func:`koala.ops.colorbins.annealed_mean`).
+    """Decodes ab bin distributions by their annealed mean
+    (:func:`koala.ops.colorbins.annealed_mean`).
 
     Call with probs ``(B, h, w, Q)``, non-negative, summing to 1 over Q (a softmax output);
     returns ``(B, h, w, 2)`` ab in Lab units (not normalised), float32 (the layer computes in
