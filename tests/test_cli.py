@@ -97,3 +97,13 @@ def test_family_configs_agree_with_the_libraries():
     assert codec_config.PERCEPTUAL_NETS == codec_model.PERCEPTUAL_NETS
     assert bin_prior.PRIOR_FILE == __import__("koala.data.bin_prior",
                                               fromlist=["x"]).PRIOR_FILE
+
+
+def test_every_task_names_its_config_and_evaluator():
+    from koala import registry
+
+    for name, task in registry.TASKS.items():
+        assert task.name == name
+        assert callable(task.evaluator.run)
+        assert task.config_class.__module__ == f"koala.tasks.{name}.config"
+    assert {entry.task for entry in registry.MODELS.values()} == set(registry.TASKS)

@@ -98,8 +98,15 @@ def _given(fv: flags.FlagValues, *names: str) -> dict:
             for name in names if fv[name].value is not None}
 
 
+def _evaluator(task: str):
+    """The task's evaluator module, through the registry (imported only when a run starts)."""
+    from koala import registry
+
+    return registry.TASKS[task].evaluator
+
+
 def _colorize(fv: flags.FlagValues):
-    from koala.tasks.colorize import evaluator
+    evaluator = _evaluator("colorize")
 
     return evaluator, evaluator.ColorizeEvalConfig(
         models=tuple(fv.model), images=fv.images,
@@ -108,7 +115,7 @@ def _colorize(fv: flags.FlagValues):
 
 
 def _sr(fv: flags.FlagValues):
-    from koala.tasks.sr import evaluator
+    evaluator = _evaluator("sr")
 
     if fv.scale is None:
         raise KoalaError("--scale is required for --task=sr")
@@ -118,7 +125,7 @@ def _sr(fv: flags.FlagValues):
 
 
 def _codec(fv: flags.FlagValues):
-    from koala.tasks.codec import evaluator
+    evaluator = _evaluator("codec")
 
     if len(fv.model) != 1:
         raise KoalaError(f"--task=codec evaluates one model (a whole InvertibleGrayscale "

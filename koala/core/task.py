@@ -65,6 +65,11 @@ class Task(Protocol):
     def run_info(self, run: RunConfig, cfg) -> dict:
         """Extra keys for run.json (e.g. the ab prior a colorizer was trained with)."""
 
+    @property
+    def evaluator(self) -> Any:
+        """The family's evaluator module: its eval config dataclass and ``run(config)``
+        (``python -m koala.evaluate --task=NAME``)."""
+
 
 class TaskBase:
     """Defaults for the optional parts of a :class:`Task`: no extra callbacks, best.keras
