@@ -49,15 +49,9 @@ stride 8 with 512 channels, the stride and width of VGG19's ``block4_conv4``, so
 G_f(z) with VGG(y) without any adapter when the perceptual net sees the image at its own
 size (``perceptual_size=0``, the default).
 
-Critic (PatchGAN, Isola et al.'s 70 x 70 discriminator, ``critic_widths`` (64, 128, 256,
-512)), on concat(l, ab) (B, H, W, 3); "LN" is LayerNormalization over channels::
-
-    c1         conv4/64/2, LReLU                 H/2 x W/2 x 64        3 136
-    c2         conv4/128/2, LN, LReLU            H/4 x W/4 x 128     131 456
-    c3         conv4/256/2, LN, LReLU            H/8 x W/8 x 256     525 056
-    c4         conv4/512, LN, LReLU              H/8 x W/8 x 512   2 098 688
-    score      conv4/1, no bias (linear, float32) H/8 x W/8 x 1        8 192
-    total 2 766 528 (LN: 2c parameters, gamma and beta)
+Critic: Isola et al.'s PatchGAN on concat(l, ab), (B, H, W, 3) -> (B, H/8, W/8, 1), with
+its layer table in :mod:`koala.tasks.colorize.models.wgan` (2 766 528 parameters), which also
+holds the WGAN-GP training that :class:`ColorGAN` shares with Lal et al.'s colorizer.
 
 ``colorgan_small`` (tests, CPU smoke runs; not for results): widths (16, 32, 64), c_z 8,
 critic (16, 32, 64), both with downsampling 4: generator 200 770 parameters (200 162
@@ -92,21 +86,14 @@ Departures and choices (the paper does not say; each is a choice made here):
    is a sampler. ``sample(l, seed=s)`` draws it statelessly from ``[s, k]`` for the k-th
    sample, so equal seeds give equal colourings. Inside ``train_step``/``test_step`` the noise
    (and the GP's ε) is drawn statelessly from the optimizers' step counters and the replica
-   id, not from the SeedGenerator: training noise is then a pure function of the step (a
-   resumed run sees the same noise), different on every replica, and no state variable is
-   written in replica context under ``tf.distribute``. Validation uses one fixed noise seed,
-   so ``val_loss`` compares checkpoints on equal terms.
-3. **Critic**: no BatchNorm (it would make the gradient penalty depend on the batch);
-   LayerNormalization over the channels of each position instead (Gulrajani et al.'s advice;
-   ``critic_norm="none"`` drops it). No sigmoid. "same" padding, so the score map is
-   (B, H/8, W/8, 1) for the paper widths.
-4. **Critic value and GP**: a sample's critic value is the *mean* of its patch scores, as the
-   Wasserstein terms use it; the gradient penalty constrains that mean's gradient with
-   respect to the interpolated *ab* (L is the condition, equal for real and fake), per
-   sample, over all of its H x W x 2 values.
+   id, not from the SeedGenerator (:mod:`~koala.tasks.colorize.models.wgan`, departure 4):
+   training noise is a pure function of the step; validation uses one fixed noise seed.
+3. **Critic**: LayerNorm, not BatchNorm; no sigmoid (wgan, departure 1).
+4. **Critic value and GP**: a sample's mean patch score; the GP's gradient is taken with
+   respect to the interpolated ab only, L being the condition (wgan, departure 2).
 5. **n_critic**: the paper does not say; default 1 (one critic step per generator step,
    the two-time-scale lr 2e-4 / 1e-4 of the paper); WGAN-GP's usual 5 is ``n_critic=5``.
-   Extra critic steps reuse the batch with fresh noise and ε.
+   Extra critic steps reuse the batch with fresh noise and ε (wgan, departure 3).
 6. **L_s shapes**: G_f(z) is (B, H/s, W/s, C_latent); VGG(y) is (B, S/8, S/8, C_φ) for
    perceptual input S (H when ``perceptual_size=0``). The feature map is resized
    (bilinear, antialiased) to the latent's grid when the grids differ, and G_f(z) goes
@@ -136,46 +123,34 @@ import tensorflow as tf
 
 from koala.core.errors import KoalaError
 from koala.ops import color
+from koala.tasks.colorize.models import wgan
+from koala.tasks.colorize.models.fusion import AB_CHANNELS
+from koala.tasks.colorize.models.wgan import (
+    CRITIC_NORMS,
+    LEAK,
+    check_positive_int,
+    check_widths,
+    critic_network,
+    gradient_penalty,
+    pix2pix_conv,
+)
 
-__all__ = [
-    "ColorGAN",
-    "ColorGANConfig",
-    "ColorGenerator",
-    "TERMS",
-    "colorgan",
-    "colorgan_small",
-    "critic_network",
-    "default_optimizers",
-    "feature_channels",
-    "generator_network",
-    "gradient_penalty",
-]
+__all__ = ["CRITIC_NORMS", "ColorGAN", "ColorGANConfig", "ColorGenerator", "TERMS", "colorgan",
+           "colorgan_small", "critic_network", "default_optimizers", "feature_channels",
+           "generator_network", "gradient_penalty"]
 
-INIT_STDDEV = 0.02  # pix2pix / DCGAN kernels
-LEAK = 0.2  # LeakyReLU slope, pix2pix
-AB_CHANNELS = 2
 PERCEPTUAL_NETS = ("vgg19", "mobilenet")
-CRITIC_NORMS = ("layer", "none")
 # Logged in this order; "loss" is g_loss, so the trainer's checkpoint monitor works.
 TERMS = ("loss", "d_loss", "gp", "g_adv", "perceptual", "l1", "noise_feature", "g_loss")
-# Stateless noise streams inside train_step/test_step (departure 2).
-_TRAIN_SEED = 20_231_104
-_CRITIC_NOISE, _CRITIC_EPSILON, _GENERATOR_NOISE, _VALIDATION = 0, 1, 2, 3
 
 
 # ----------------------------------------------------------------------------------------
 # Networks
 
 
-def _conv(filters, kernel, name, strides=1, use_bias=True):
-    return keras.layers.Conv2D(
-        filters, kernel, strides=strides, padding="same", use_bias=use_bias,
-        kernel_initializer=keras.initializers.RandomNormal(0.0, INIT_STDDEV), name=name)
-
-
 def _conv_bn(x, filters, kernel, name, strides=1, activation="lrelu"):
     """conv (no bias) -> BatchNorm -> LeakyReLU(0.2) or ReLU."""
-    x = _conv(filters, kernel, name, strides=strides, use_bias=False)(x)
+    x = pix2pix_conv(filters, kernel, name, strides=strides, use_bias=False)(x)
     x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
     return _activation(x, activation, name)
 
@@ -186,14 +161,6 @@ def _activation(x, activation, name):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _check_widths(name, widths, minimum=2):
-    widths = tuple(widths)
-    if len(widths) < minimum or any(
-            not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in widths):
-        raise ValueError(f"{name} must be at least {minimum} positive integers, got {widths}")
-    return widths
-
-
 def generator_network(widths=(64, 128, 256, 512), noise_channels: int = 64,
                       name: str = "generator_network") -> keras.Model:
     """The generator's functional graph: ``[l, noise] -> [ab, noise_features]``.
@@ -202,14 +169,14 @@ def generator_network(widths=(64, 128, 256, 512), noise_channels: int = 64,
     ab (B, H, W, 2) float32 in [-1, 1]; noise_features = G_f(noise), (B, H/s, W/s,
     widths[-1]) float32. See the module docstring for the layer table.
     """
-    widths = _check_widths("widths", widths)
+    widths = check_widths("widths", widths)
     if not isinstance(noise_channels, int) or noise_channels < 1:
         raise ValueError(f"noise_channels must be a positive integer, got {noise_channels!r}")
     l_in = keras.Input((None, None, 1), name="l")
     z_in = keras.Input((None, None, noise_channels), name="noise")
 
     # Encoder: level 1 at full resolution, then one stride-2 conv per level.
-    x = _conv(widths[0], 3, "enc1_a")(l_in)
+    x = pix2pix_conv(widths[0], 3, "enc1_a")(l_in)
     x = keras.layers.LeakyReLU(LEAK, name="enc1_a_lrelu")(x)
     x = _conv_bn(x, widths[0], 3, "enc1_b")
     skips = [x]
@@ -221,11 +188,11 @@ def generator_network(widths=(64, 128, 256, 512), noise_channels: int = 64,
 
     # Noise branch G_f: a few convs from c_z to the latent's width, linear at the end.
     top = widths[-1]
-    z = _conv(top, 3, "noise_1")(z_in)
+    z = pix2pix_conv(top, 3, "noise_1")(z_in)
     z = keras.layers.LeakyReLU(LEAK, name="noise_1_lrelu")(z)
-    z = _conv(top, 3, "noise_2")(z)
+    z = pix2pix_conv(top, 3, "noise_2")(z)
     z = keras.layers.LeakyReLU(LEAK, name="noise_2_lrelu")(z)
-    g_f = _conv(top, 1, "noise_out")(z)
+    g_f = pix2pix_conv(top, 1, "noise_out")(z)
     x = keras.layers.Add(name="merge")([latent, g_f])
 
     # Decoder with the encoder's skips (U-Net).
@@ -233,38 +200,16 @@ def generator_network(widths=(64, 128, 256, 512), noise_channels: int = 64,
         width = widths[i - 1]
         x = keras.layers.Conv2DTranspose(
             width, 4, strides=2, padding="same", use_bias=False,
-            kernel_initializer=keras.initializers.RandomNormal(0.0, INIT_STDDEV),
+            kernel_initializer=keras.initializers.RandomNormal(0.0, wgan.INIT_STDDEV),
             name=f"up{i}")(x)
         x = keras.layers.BatchNormalization(name=f"up{i}_bn")(x)
         x = keras.layers.ReLU(name=f"up{i}_relu")(x)
         x = keras.layers.Concatenate(name=f"skip{i}")([x, skips[i - 1]])
         x = _conv_bn(x, width, 3, f"dec{i}", activation="relu")
-    x = _conv(AB_CHANNELS, 3, "ab_conv")(x)
+    x = pix2pix_conv(AB_CHANNELS, 3, "ab_conv")(x)
     ab = keras.layers.Activation("tanh", dtype="float32", name="ab")(x)
     features = keras.layers.Activation("linear", dtype="float32", name="noise_features")(g_f)
     return keras.Model([l_in, z_in], [ab, features], name=name)
-
-
-def critic_network(widths=(64, 128, 256, 512), norm: str = "layer",
-                   name: str = "critic") -> keras.Model:
-    """The PatchGAN critic: concat(l, ab) (B, H, W, 3) -> scores (B, H/s, W/s, 1) float32,
-    s = 2 ** (len(widths) - 1); no sigmoid (Wasserstein), no BatchNorm (departure 3)."""
-    widths = _check_widths("critic_widths", widths)
-    if norm not in CRITIC_NORMS:
-        raise ValueError(f"critic_norm must be one of {CRITIC_NORMS}, got {norm!r}")
-    lab = keras.Input((None, None, 3), name="lab")
-    x = lab
-    for i, width in enumerate(widths, start=1):
-        strides = 1 if i == len(widths) else 2
-        x = _conv(width, 4, f"c{i}", strides=strides)(x)
-        if i > 1 and norm == "layer":
-            x = keras.layers.LayerNormalization(axis=-1, epsilon=1e-5, name=f"c{i}_ln")(x)
-        x = keras.layers.LeakyReLU(LEAK, name=f"c{i}_lrelu")(x)
-    # No bias: a constant shift of every score cancels in mean D(fake) - mean D(real) and
-    # leaves the gradient penalty unchanged, so it would never get a gradient.
-    x = _conv(1, 4, "score_conv", use_bias=False)(x)
-    score = keras.layers.Activation("linear", dtype="float32", name="score")(x)
-    return keras.Model(lab, score, name=name)
 
 
 def _check_sides(shape, multiple):
@@ -289,7 +234,7 @@ class ColorGenerator(keras.Model):
                  noise_stddev: float = 0.1, seed: int | None = None,
                  name: str = "generator", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.widths = _check_widths("widths", widths)
+        self.widths = check_widths("widths", widths)
         self.noise_channels = int(noise_channels)
         if not noise_stddev > 0:
             raise ValueError(f"noise_stddev must be positive, got {noise_stddev}")
@@ -356,28 +301,6 @@ class ColorGenerator(keras.Model):
 
 # ----------------------------------------------------------------------------------------
 # Losses
-
-
-def gradient_penalty(critic, l, real_ab, fake_ab, epsilon):
-    """WGAN-GP's penalty (Gulrajani et al. 2017): mean_b (‖∇_â D(l, â)‖_2 - 1)^2.
-
-    l (B, H, W, 1); real_ab, fake_ab (B, H, W, 2); epsilon (B, 1, 1, 1) in [0, 1];
-    â = ε real + (1 - ε) fake. D(l, â) is a sample's mean patch score of ``critic`` on
-    concat(l, â); the gradient is taken with respect to â (departure 4). Returns a float32
-    scalar, differentiable with respect to the critic's weights.
-    """
-    real_ab = tf.cast(real_ab, tf.float32)
-    fake_ab = tf.cast(fake_ab, tf.float32)
-    l = tf.cast(l, tf.float32)
-    mixed = epsilon * real_ab + (1.0 - epsilon) * fake_ab
-    with tf.GradientTape() as tape:
-        tape.watch(mixed)
-        scores = tf.cast(critic(tf.concat([l, mixed], axis=-1), training=True), tf.float32)
-        value = tf.reduce_mean(scores, axis=[1, 2, 3])  # (B,), one value per sample
-        total = tf.reduce_sum(value)  # ∂total/∂â_b = ∂value_b/∂â_b
-    grads = tape.gradient(total, mixed)
-    norms = tf.sqrt(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]) + 1e-12)
-    return tf.reduce_mean(tf.square(norms - 1.0))
 
 
 def _rgb(l, ab):
@@ -458,23 +381,13 @@ class ColorGANConfig:
 
     def __post_init__(self):
         # Lists arrive from a reloaded .keras file's JSON: store tuples, so configs compare.
-        object.__setattr__(self, "widths", _check_widths("widths", self.widths))
-        object.__setattr__(self, "critic_widths",
-                           _check_widths("critic_widths", self.critic_widths))
-        if self.critic_norm not in CRITIC_NORMS:
-            raise ValueError(f"critic_norm must be one of {CRITIC_NORMS}, "
-                             f"got {self.critic_norm!r}")
+        object.__setattr__(self, "widths", check_widths("widths", self.widths))
+        wgan.check_config(self, weights=("adversarial_weight", "perceptual_weight",
+                                          "l1_weight", "noise_feature_weight"))
         if self.perceptual_net not in PERCEPTUAL_NETS:
             raise ValueError(f"perceptual_net must be one of {PERCEPTUAL_NETS}, "
                              f"got {self.perceptual_net!r}")
-        for name in ("adversarial_weight", "perceptual_weight", "l1_weight",
-                     "noise_feature_weight", "gp_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("n_critic", "noise_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("noise_channels", self.noise_channels)
         step = 2 ** (len(self.widths) - 1)
         if not isinstance(self.image_size, int) or self.image_size < step \
                 or self.image_size % step:
@@ -527,114 +440,36 @@ class _Untracked:
         self.value = value
 
 
-def _unpack(data):
-    """fit/evaluate data ({"l", ...} or l, ab[, sample_weight]) -> (l, ab)."""
-    x, ab = data[0], data[1]
-    l = x["l"] if isinstance(x, dict) else x
-    return l, ab
-
-
-def _replica_id():
-    context = tf.distribute.get_replica_context()
-    if context is None:
-        return tf.constant(0, tf.int64)
-    return tf.cast(context.replica_id_in_sync_group, tf.int64)
-
-
-def _step_seed(stream: int, step) -> tf.Tensor:
-    """A stateless seed (2,) int64 from a stream id, a step counter and the replica id."""
-    seed = tf.constant([_TRAIN_SEED, stream], tf.int64)
-    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(step, tf.int64))
-    return tf.random.experimental.stateless_fold_in(seed, _replica_id())
-
-
-def _inner(optimizer):
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return optimizer.inner_optimizer
-    return optimizer
-
-
-class TwoOptimizers:
-    """``compile`` with a generator and a critic optimizer, for Keras models that train two
-    players in their own ``train_step`` (ColorGAN; Lal et al. in :mod:`koala.tasks.colorize.models.lal`).
-
-    The generator's optimizer becomes ``self.optimizer`` (Keras' own, so LearningRateScheduler,
-    saving and mixed-precision wrapping apply to it), the critic's ``self.d_optimizer``.
-    Missing ones come from the class's ``default_optimizers()``; ``optimizer`` is an alias of
-    ``g_optimizer``; ``loss`` must be None (the losses are the model's own). Both optimizers
-    are built at compile time, each on its own variables (``generator_variables``,
-    ``critic.trainable_variables``), and both are saved and restored with the model.
-    """
-
-    def compile(self, g_optimizer=None, d_optimizer=None, *, optimizer=None, loss=None,
-                **kwargs):
-        if loss is not None:
-            raise ValueError(f"{self.name} computes its own losses; compile it with loss=None")
-        if g_optimizer is not None and optimizer is not None:
-            raise ValueError("pass g_optimizer or optimizer, not both")
-        g_optimizer = g_optimizer if g_optimizer is not None else optimizer
-        default_g, default_d = self.default_optimizers()
-        g_optimizer = keras.optimizers.get(g_optimizer if g_optimizer is not None else default_g)
-        d_optimizer = keras.optimizers.get(d_optimizer if d_optimizer is not None else default_d)
-        if _inner(g_optimizer) is _inner(d_optimizer):
-            raise ValueError("the generator and the critic need two optimizer instances")
-        super().compile(optimizer=g_optimizer, **kwargs)
-        # Keras wraps only self.optimizer under mixed_float16: wrap the critic's the same way.
-        if (kwargs.get("auto_scale_loss", True) and self.dtype_policy.name == "mixed_float16"
-                and not isinstance(d_optimizer, keras.optimizers.LossScaleOptimizer)):
-            d_optimizer = keras.optimizers.LossScaleOptimizer(
-                d_optimizer, name="d_loss_scale_optimizer")
-        self.d_optimizer = d_optimizer
-        self.optimizer.build(self.generator_variables)
-        self.d_optimizer.build(self.critic.trainable_variables)
-
-    @property
-    def g_optimizer(self):
-        return self.optimizer
-
-    def get_compile_config(self):
-        if not self.compiled:
-            return {}
-        return {"g_optimizer": keras.saving.serialize_keras_object(_inner(self.optimizer)),
-                "d_optimizer": keras.saving.serialize_keras_object(_inner(self.d_optimizer))}
-
-    def compile_from_config(self, config):
-        self.compile(g_optimizer=keras.saving.deserialize_keras_object(config["g_optimizer"]),
-                     d_optimizer=keras.saving.deserialize_keras_object(config["d_optimizer"]))
-
-
 @keras.saving.register_keras_serializable(package="koala")
-class ColorGAN(TwoOptimizers, keras.Model):
+class ColorGAN(wgan.WGANGP):
     """Generator + PatchGAN critic, trained as a WGAN-GP with the losses of SPEC §4.
 
     ``model(l)`` or ``model({"l": l, ...})`` returns the generator's ab (fresh noise);
     :meth:`sample` is reproducible. ``model.generator`` (a :class:`ColorGenerator`) and
     ``model.critic`` (functional) can be used and saved on their own.
 
-    Training: ``compile(g_optimizer, d_optimizer)`` (defaults: :func:`default_optimizers`;
-    ``optimizer=`` is accepted as the generator's, for the trainer's generic call), then
-    ``fit`` on ``({"l": ..., "embedding": ...}, ab)`` batches (the embedding is ignored; a
-    bare l works too). Each step: ``n_critic`` critic updates, then one generator update;
-    logs :data:`TERMS` (``loss`` = ``g_loss``). When L_p or L_s is weighted, attach the
-    perceptual net first: ``model.set_perceptual(model.make_perceptual())`` (inside the
-    distribution scope). Under a mixed_float16 policy both optimizers are
-    LossScaleOptimizers (Keras wraps the generator's, :meth:`compile` the critic's).
+    Training (:class:`~koala.tasks.colorize.models.wgan.WGANGP`): ``compile(g_optimizer,
+    d_optimizer)`` (defaults: :func:`default_optimizers`), then ``fit`` on ``({"l", ...}, ab)``
+    batches (only l is used; a bare l works too); logs :data:`TERMS` (``loss`` = ``g_loss``).
+    When L_p or L_s is weighted, attach the perceptual net first:
+    ``model.set_perceptual(model.make_perceptual())`` (inside the distribution scope).
     """
+
+    default_optimizers = staticmethod(default_optimizers)
 
     def __init__(self, name: str = "colorgan", **config):
         kwargs = {k: config.pop(k) for k in ("trainable", "dtype") if k in config}
         self.config = ColorGANConfig(**config)
-        super().__init__(name=name, **kwargs)
         cfg = self.config
+        super().__init__(name=name, terms=TERMS, n_critic=cfg.n_critic,
+                         gp_weight=cfg.gp_weight, **kwargs)
         self.generator = ColorGenerator(cfg.widths, cfg.noise_channels, cfg.noise_stddev,
                                         seed=cfg.seed, name="generator")
         self.critic = critic_network(cfg.critic_widths, cfg.critic_norm, name="critic")
         self.noise_projection = None
         if cfg.needs_projection:
-            self.noise_projection = _conv(cfg.feature_channels, 1, "noise_projection")
+            self.noise_projection = pix2pix_conv(cfg.feature_channels, 1, "noise_projection")
             self.noise_projection.build((None, None, None, cfg.widths[-1]))
-        self.d_optimizer = None
-        self._trackers = [keras.metrics.Mean(name=n) for n in TERMS]
         self._perceptual = _Untracked()
         self.built = True
 
@@ -644,26 +479,15 @@ class ColorGAN(TwoOptimizers, keras.Model):
         l = inputs["l"] if isinstance(inputs, dict) else inputs
         return self.generator(l, training=training)
 
-    def compute_output_shape(self, input_shape):
-        if isinstance(input_shape, dict):
-            input_shape = input_shape["l"]
-        return (*tuple(input_shape)[:3], AB_CHANNELS)
-
     def sample(self, l, seed: int, samples: int = 1):
         """(samples, B, H, W, 2): see :meth:`ColorGenerator.sample`."""
         return self.generator.sample(l, seed, samples)
-
-    # -- configuration -----------------------------------------------------------------
 
     def get_config(self):
         config = dataclasses.asdict(self.config)
         config["widths"] = list(config["widths"])
         config["critic_widths"] = list(config["critic_widths"])
         return {"name": self.name, "trainable": self.trainable, **config}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
     # -- perceptual network ------------------------------------------------------------
 
@@ -707,7 +531,7 @@ class ColorGAN(TwoOptimizers, keras.Model):
                 f"weights to 0.")
         return tf.cast(net(rgb, training=False), tf.float32)
 
-    default_optimizers = staticmethod(default_optimizers)
+    # -- the WGAN-GP terms (wgan.WGANGP) -----------------------------------------------
 
     @property
     def generator_variables(self):
@@ -717,44 +541,36 @@ class ColorGAN(TwoOptimizers, keras.Model):
             variables += list(self.noise_projection.trainable_variables)
         return variables
 
-    # -- losses ------------------------------------------------------------------------
-
-    def _score(self, l, ab, training):
-        lab = tf.concat([tf.cast(l, tf.float32), tf.cast(ab, tf.float32)], axis=-1)
-        return tf.cast(self.critic(lab, training=training), tf.float32)
-
-    def critic_terms(self, l, ab, fake_ab, epsilon, training=True):
-        """``({"d_loss", "gp"}, d_loss)``: mean D(fake) - mean D(real) + λ_gp GP, float32."""
-        fake_ab = tf.stop_gradient(tf.cast(fake_ab, tf.float32))
-        wasserstein = (tf.reduce_mean(self._score(l, fake_ab, training))
-                       - tf.reduce_mean(self._score(l, ab, training)))
-        gp = gradient_penalty(self.critic, l, ab, fake_ab, epsilon)
-        d_loss = wasserstein + self.config.gp_weight * gp
-        return {"d_loss": d_loss, "gp": gp}, d_loss
+    def generator_pass(self, inputs, seed, training):
+        """``(ab, G_f(z))`` for l = ``inputs``, z ~ N(0, σ^2) drawn statelessly from ``seed``."""
+        noise = tf.random.stateless_normal(self.generator.noise_shape(inputs), seed=seed,
+                                           stddev=self.config.noise_stddev)
+        return self.generator.generate(inputs, noise, training=training)
 
     def generator_terms(self, l, ab, noise, training=True):
         """``({"g_adv", "perceptual", "l1", "noise_feature", "g_loss"}, g_loss)``, float32.
 
         l (B, H, W, 1), ab (B, H, W, 2) the truth, noise (B, H/s, W/s, c_z).
         """
-        terms, g_loss, _ = self._generator_terms(l, ab, noise, training)
-        return terms, g_loss
+        fake, g_f = self.generator.generate(l, noise, training=training)
+        return self.generator_loss(l, ab, fake, g_f, training)
 
-    def _generator_terms(self, l, ab, noise, training):
+    def generator_loss(self, l, ab, fake_ab, aux, training):
+        """:meth:`generator_terms` of the generator's output fake_ab (B, H, W, 2) and
+        ``aux`` = G_f(z) (B, H/s, W/s, widths[-1])."""
         cfg = self.config
         ab = tf.cast(ab, tf.float32)
-        fake, g_f = self.generator.generate(l, noise, training=training)
         zero = tf.constant(0.0, tf.float32)
-        terms = {"g_adv": -tf.reduce_mean(self._score(l, fake, training)),
-                 "perceptual": zero, "l1": _l1(fake, ab), "noise_feature": zero}
+        terms = {"g_adv": -tf.reduce_mean(self.score(l, fake_ab, training)),
+                 "perceptual": zero, "l1": _l1(fake_ab, ab), "noise_feature": zero}
         if cfg.needs_perceptual:
             batch = tf.shape(l)[0]
-            features = self._features(tf.concat([_rgb(l, fake), _rgb(l, ab)], axis=0))
+            features = self._features(tf.concat([_rgb(l, fake_ab), _rgb(l, ab)], axis=0))
             fake_features, real_features = features[:batch], tf.stop_gradient(features[batch:])
             if cfg.perceptual_weight > 0:
                 terms["perceptual"] = _l1(fake_features, real_features)
             if cfg.noise_feature_weight > 0:
-                g_f = tf.cast(g_f, tf.float32)
+                g_f = tf.cast(aux, tf.float32)
                 if self.noise_projection is not None:
                     g_f = tf.cast(self.noise_projection(g_f), tf.float32)
                 target = real_features
@@ -767,74 +583,7 @@ class ColorGAN(TwoOptimizers, keras.Model):
                   + cfg.l1_weight * terms["l1"]
                   + cfg.noise_feature_weight * terms["noise_feature"])
         terms["g_loss"] = g_loss
-        return terms, g_loss, fake
-
-    def _noise(self, l, stream, step):
-        shape = self.generator.noise_shape(l)
-        return tf.random.stateless_normal(shape, seed=_step_seed(stream, step),
-                                          stddev=self.config.noise_stddev)
-
-    def _epsilon(self, l, stream, step):
-        return tf.random.stateless_uniform(tf.stack([tf.shape(l)[0], 1, 1, 1]),
-                                           seed=_step_seed(stream, step))
-
-    # -- training ----------------------------------------------------------------------
-
-    @property
-    def metrics(self):
-        return list(self._trackers)
-
-    def _record(self, l, values):
-        batch = tf.cast(tf.shape(l)[0], tf.float32)
-        values = {**values, "loss": values["g_loss"]}
-        for tracker in self._trackers:
-            tracker.update_state(values[tracker.name], sample_weight=batch)
-        return {tracker.name: tracker.result() for tracker in self._trackers}
-
-    def train_step(self, data):
-        if self.d_optimizer is None:
-            raise KoalaError(f"{self.name}: compile(g_optimizer, d_optimizer) before fit")
-        l, ab = _unpack(data)
-        l = tf.cast(l, tf.float32)
-        ab = tf.cast(ab, tf.float32)
-        # Gradients are summed over replicas under tf.distribute: average them instead.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        n = self.config.n_critic
-        critic_vars = self.critic.trainable_variables
-        d_terms = None
-        for k in range(n):
-            # Read afresh each time: the counter moves with every applied critic update.
-            step = self.d_optimizer.iterations
-            noise = self._noise(l, _CRITIC_NOISE + 4 * k, step)
-            fake = self.generator.generate(l, noise, training=True)[0]
-            epsilon = self._epsilon(l, _CRITIC_EPSILON + 4 * k, step)
-            with tf.GradientTape() as tape:
-                d_terms, d_loss = self.critic_terms(l, ab, fake, epsilon, training=True)
-                # Multiplies by the loss scale under mixed precision (divided back out in
-                # apply), a no-op otherwise.
-                scaled = self.d_optimizer.scale_loss(d_loss / replicas)
-            grads = tape.gradient(scaled, critic_vars)
-            self.d_optimizer.apply(grads, critic_vars)
-
-        g_vars = self.generator_variables
-        noise = self._noise(l, _GENERATOR_NOISE, self.optimizer.iterations)
-        with tf.GradientTape() as tape:
-            g_terms, g_loss = self.generator_terms(l, ab, noise, training=True)
-            scaled = self.optimizer.scale_loss(g_loss / replicas)
-        grads = tape.gradient(scaled, g_vars)
-        self.optimizer.apply(grads, g_vars)
-        return self._record(l, {**d_terms, **g_terms})
-
-    def test_step(self, data):
-        l, ab = _unpack(data)
-        l = tf.cast(l, tf.float32)
-        ab = tf.cast(ab, tf.float32)
-        # One fixed noise and ε for every validation batch and epoch (departure 2).
-        noise = self._noise(l, _VALIDATION, 0)
-        g_terms, _, fake = self._generator_terms(l, ab, noise, training=False)
-        d_terms, _ = self.critic_terms(l, ab, fake, self._epsilon(l, _VALIDATION, 1),
-                                       training=False)
-        return self._record(l, {**d_terms, **g_terms})
+        return terms, g_loss
 
 
 def colorgan(**kwargs) -> ColorGAN:

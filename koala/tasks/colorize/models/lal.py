@@ -10,17 +10,19 @@ cross-entropy and decoded by the annealed mean; Lal et al. add a Wasserstein cri
 (L, ab) and a semantic classification head.
 
 Here the generator is koala's fusion colorizer with ``head="classification"``
-(:class:`koala.tasks.colorize.models.fusion.FusionColorizer`, which documents the bins, the loss and the
-decoding) and the critic is ColorGAN's PatchGAN (:func:`koala.tasks.colorize.models.colorgan.
-critic_network`). Inputs and output are the fusion model's::
+(:class:`koala.tasks.colorize.models.fusion.FusionColorizer`, which documents the bins, the
+loss and the decoding), the critic is the PatchGAN that ColorGAN uses too
+(:func:`koala.tasks.colorize.models.wgan.critic_network`), and the training is
+:class:`koala.tasks.colorize.models.wgan.WGANGP`'s. Inputs and output are the fusion model's::
 
     "l"          (B, S, S, 1)  float32, L / 50 - 1 in [-1, 1]
     "embedding"  (B, D)        float32, the frozen classifier's softmax (koala.ops.embedder)
     output       (B, S, S, 2)  float32, ab / 128 in [-1, 1]: the generator's decoded ab
 
-so ``predict``, :class:`koala.tasks.colorize.inference.Colorizer` and :mod:`koala.cli.evaluate` treat it as a
-fusion model (``model.config`` is the generator's :class:`~koala.tasks.colorize.models.fusion.FusionConfig`;
-the loss weights and the critic are in ``model.lal_config``, a :class:`LalConfig`).
+so ``predict``, :class:`koala.tasks.colorize.inference.Colorizer` and :mod:`koala.cli.evaluate`
+treat it as a fusion model (``model.config`` is the generator's
+:class:`~koala.tasks.colorize.models.fusion.FusionConfig`; the loss weights and the critic are in
+``model.lal_config``, a :class:`LalConfig`).
 
 Objective (SPEC §5: L = λ1·L_co + λ2·L_cl + λ3·L_g), every term a float32 mean::
 
@@ -29,14 +31,14 @@ Objective (SPEC §5: L = λ1·L_co + λ2·L_cl + λ3·L_g), every term a float32
                    :meth:`~koala.tasks.colorize.models.fusion.FusionColorizer.classification_loss`)
         g_adv    = -mean critic(l↓, ab↓_fake)                        (L_g, Wasserstein)
     D:  d_loss   = mean critic(l↓, ab↓_fake) - mean critic(l↓, ab↓_real) + λ_gp gp
-        gp       = WGAN-GP's penalty (:func:`koala.tasks.colorize.models.colorgan.gradient_penalty`)
+        gp       = WGAN-GP's penalty (:func:`koala.tasks.colorize.models.wgan.gradient_penalty`)
 
 where ↓ is a x2 average pooling to the grid of the bin distribution, S/2 (see departure 2).
 ``ab_mse`` (the decoded ab's MSE against the truth at S, the regression model's loss) is
 logged for comparison.
 
 Parameter counts (D = 1000): paper size (``lal``, S = 224, BN) generator 6 651 494
-(the fusion table with the classification head), critic 2 766 528 (ColorGAN's table), total
+(the fusion table with the classification head), critic 2 766 528 (the table in wgan), total
 9 418 022; ``lal_small`` (S = 64, 1/8 of the fusion filters, critic (16, 32, 64)) generator
 141 074, critic 43 056.
 
@@ -47,8 +49,8 @@ Departures and choices (the survey gives no layer sizes, no λ values and no opt
    layer to a separate head trained with a softmax cross-entropy over class labels. koala's
    records have no labels; their "embedding" is the frozen ImageNet classifier's softmax for
    the image, which could serve as a soft label, but the head would have to branch off the
-   generator's fusion-level features, inside :mod:`koala.tasks.colorize.models.fusion`'s graph, which this
-   model reuses unchanged. The term stays in the config so that a run records λ2 = 0.
+   generator's fusion-level features, inside :mod:`koala.tasks.colorize.models.fusion`'s graph,
+   which this model reuses unchanged. The term stays in the config so that a run records λ2 = 0.
 2. **The critic sees the prediction's grid**, as in Lal et al. (their 64 x 64 x 2 ab
    concatenated with L): (l, ab) are average-pooled x2 to S/2, where the fusion generator
    predicts its distribution (its S-sized output repeats each prediction in a 2 x 2 block,
@@ -56,11 +58,11 @@ Departures and choices (the survey gives no layer sizes, no λ values and no opt
    true ab's detail inside each 2 x 2 block, which no prediction can have, and could tell
    fake from real by that alone. The pooled truth is the one the cross-entropy uses.
 3. **Critic**: ColorGAN's PatchGAN (LayerNorm, no BN, no sigmoid; ``critic_widths``
-   (64, 128, 256, 512)). Lal et al.'s critic layers are not given.
+   (64, 128, 256, 512); wgan, departure 1). Lal et al.'s critic layers are not given.
 4. **WGAN-GP** (Gulrajani et al. 2017, λ_gp = 10) enforces the critic's Lipschitz bound;
    the survey describes a WGAN without saying how. ε ~ U(0, 1) per sample is drawn
-   statelessly from the critic optimizer's step counter and the replica id (as ColorGAN's,
-   departure 2 there).
+   statelessly from the critic optimizer's step counter and the replica id (wgan,
+   departure 4).
 5. **Loss weights**: the survey gives none. λ1 = 1 (the cross-entropy at its own scale, as in
    Zhang et al.), λ3 = 0.1 (the adversarial weight ColorGAN's paper uses, SPEC §4: the
    critic's scores are unbounded, so the adversarial term is kept a small correction to the
@@ -73,7 +75,8 @@ Departures and choices (the survey gives no layer sizes, no λ values and no opt
 8. **One generator pass per step**: the generator takes no noise, so its output is the same
    for every critic step of a training step; it runs once (BatchNorm in training mode), the
    critic steps use that output, then the generator step reuses it against the updated
-   critic. ColorGAN runs its generator once per critic step (its noise changes).
+   critic (``noisy_generator = False``, wgan departure 3). ColorGAN runs its generator once
+   per critic step (its noise changes).
 """
 
 from __future__ import annotations
@@ -84,9 +87,9 @@ import keras
 import tensorflow as tf
 
 from koala.core.errors import KoalaError
-from koala.tasks.colorize.models import colorgan
-from koala.tasks.colorize.models.colorgan import critic_network, gradient_penalty
-from koala.tasks.colorize.models.fusion import AB_CHANNELS, FusionColorizer, FusionConfig
+from koala.tasks.colorize.models import wgan
+from koala.tasks.colorize.models.fusion import FusionColorizer, FusionConfig
+from koala.tasks.colorize.models.wgan import critic_network, default_optimizers
 
 __all__ = [
     "LalColorizer",
@@ -104,7 +107,6 @@ TEST_TERMS = ("loss", "class_ce", "g_adv", "ab_mse")
 """What ``evaluate`` (and ``val_*``) reports: no critic update, so no d_loss or gp."""
 CRITIC_POOL = 2
 """The fusion generator predicts at S/2: the critic sees (l, ab) pooled by 2 (departure 2)."""
-_CRITIC_EPSILON = 1  # stateless stream of the GP's ε (colorgan._step_seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,35 +134,14 @@ class LalConfig:
     critic_norm: str = "layer"
 
     def __post_init__(self):
-        # A list arrives from a reloaded .keras file's JSON: store a tuple, so configs compare.
-        widths = tuple(self.critic_widths)
-        if len(widths) < 2 or any(not isinstance(w, int) or isinstance(w, bool) or w < 1
-                                  for w in widths):
-            raise ValueError(f"critic_widths must be at least 2 positive integers, got {widths}")
-        object.__setattr__(self, "critic_widths", widths)
-        if self.critic_norm not in colorgan.CRITIC_NORMS:
-            raise ValueError(f"critic_norm must be one of {colorgan.CRITIC_NORMS}, "
-                             f"got {self.critic_norm!r}")
-        for name in ("colorization_weight", "semantic_weight", "adversarial_weight",
-                     "gp_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        wgan.check_config(self, weights=("colorization_weight", "semantic_weight",
+                                          "adversarial_weight"))
         if self.semantic_weight > 0:
             raise NotImplementedError(
                 f"semantic_weight={self.semantic_weight}: Lal et al.'s semantic "
                 f"classification loss L_cl needs a class head on the generator's features, "
-                f"which koala does not build (koala.tasks.colorize.models.lal, departure 1); use "
-                f"semantic_weight=0")
-        if not isinstance(self.n_critic, int) or isinstance(self.n_critic, bool) \
-                or self.n_critic < 1:
-            raise ValueError(f"n_critic must be a positive integer, got {self.n_critic!r}")
-
-
-def default_optimizers(g_learning_rate: float = 1e-4, d_learning_rate: float = 1e-4):
-    """WGAN-GP's optimizers (Gulrajani et al. 2017): Adam(β = (0.5, 0.9)) at 1e-4 for both
-    (departure 6)."""
-    return (keras.optimizers.Adam(g_learning_rate, beta_1=0.5, beta_2=0.9, name="g_adam"),
-            keras.optimizers.Adam(d_learning_rate, beta_1=0.5, beta_2=0.9, name="d_adam"))
+                f"which koala does not build (koala.tasks.colorize.models.lal, departure 1); "
+                f"use semantic_weight=0")
 
 
 def _pool(x):
@@ -168,16 +149,8 @@ def _pool(x):
     return tf.nn.avg_pool2d(tf.cast(x, tf.float32), CRITIC_POOL, CRITIC_POOL, "VALID")
 
 
-def _unpack(data):
-    """fit/evaluate data ``({"l", "embedding"}, ab[, sample_weight])`` -> (inputs, ab)."""
-    x, ab, _ = keras.utils.unpack_x_y_sample_weight(data)
-    if not isinstance(x, dict) or not {"l", "embedding"} <= set(x):
-        raise KoalaError("LalColorizer trains on ({'l': ..., 'embedding': ...}, ab) batches")
-    return x, tf.cast(ab, tf.float32)
-
-
 @keras.saving.register_keras_serializable(package="koala")
-class LalColorizer(colorgan.TwoOptimizers, keras.Model):
+class LalColorizer(wgan.WGANGP):
     """A classification fusion colorizer (``generator``) and a PatchGAN (``critic``),
     trained with the objective of SPEC §5 (see the module docstring).
 
@@ -186,12 +159,13 @@ class LalColorizer(colorgan.TwoOptimizers, keras.Model):
     generator's FusionConfig (size, embedder), ``model.lal_config`` the :class:`LalConfig`.
     Keyword arguments are the fields of both (``head`` may only be "classification").
 
-    Training: ``compile(g_optimizer, d_optimizer)`` (defaults :func:`default_optimizers`;
-    ``optimizer=`` is the generator's, for the trainer's generic call; under mixed_float16
-    both become LossScaleOptimizers), then ``fit`` on ``({"l", "embedding"}, ab)`` batches.
-    Each step: ``n_critic`` critic updates, then one generator update; logs :data:`TERMS`
-    (evaluation: :data:`TEST_TERMS`).
+    Training (:class:`~koala.tasks.colorize.models.wgan.WGANGP`): ``compile(g_optimizer,
+    d_optimizer)`` (defaults :func:`default_optimizers`), then ``fit`` on
+    ``({"l", "embedding"}, ab)`` batches; logs :data:`TERMS` (evaluation: :data:`TEST_TERMS`).
     """
+
+    noisy_generator = False  # departure 8
+    test_critic = False  # TEST_TERMS
 
     def __init__(self, name: str = "lal", **config):
         kwargs = {k: config.pop(k) for k in ("trainable", "dtype") if k in config}
@@ -202,14 +176,14 @@ class LalColorizer(colorgan.TwoOptimizers, keras.Model):
         self.lal_config = LalConfig(**{k: config.pop(k) for k in list(config)
                                        if k in lal_fields})
         generator_config = FusionConfig(head="classification", **config)
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name, terms=TERMS, n_critic=self.lal_config.n_critic,
+                         gp_weight=self.lal_config.gp_weight, **kwargs)
         self.generator = FusionColorizer(name="generator", **dataclasses.asdict(generator_config))
-        # The generator's config (image size, embedder): what koala.tasks.colorize.inference needs.
+        # The generator's config (image size, embedder): what koala.tasks.colorize.inference
+        # needs.
         self.config = self.generator.config
         self.critic = critic_network(self.lal_config.critic_widths, self.lal_config.critic_norm,
                                      name="critic")
-        self.d_optimizer = None
-        self._trackers = [keras.metrics.Mean(name=n) for n in TERMS]
         self.built = True
 
     # -- inference ---------------------------------------------------------------------
@@ -217,16 +191,9 @@ class LalColorizer(colorgan.TwoOptimizers, keras.Model):
     def call(self, inputs, training=None):
         return self.generator(inputs, training=training)
 
-    def compute_output_shape(self, input_shape):
-        if isinstance(input_shape, dict):
-            input_shape = input_shape["l"]
-        return (*tuple(input_shape)[:3], AB_CHANNELS)
-
     def classify(self, inputs, training=False):
         """``(probs (B, S/2, S/2, Q), ab (B, S, S, 2))``, float32 (the generator's)."""
         return self.generator.classify(inputs, training=training)
-
-    # -- configuration -----------------------------------------------------------------
 
     def get_config(self):
         generator = self.generator.get_config()
@@ -236,54 +203,41 @@ class LalColorizer(colorgan.TwoOptimizers, keras.Model):
         lal["critic_widths"] = list(lal["critic_widths"])
         return {"name": self.name, "trainable": self.trainable, **generator, **lal}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+    # -- the WGAN-GP terms (wgan.WGANGP) -----------------------------------------------
 
-    # -- compile (colorgan.TwoOptimizers) ------------------------------------------------
+    def unpack(self, data):
+        """fit/evaluate data ``({"l", "embedding"}, ab[, sample_weight])`` -> (inputs, l, ab)."""
+        x, ab, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if not isinstance(x, dict) or not {"l", "embedding"} <= set(x):
+            raise KoalaError("LalColorizer trains on ({'l': ..., 'embedding': ...}, ab) batches")
+        return x, tf.cast(x["l"], tf.float32), tf.cast(ab, tf.float32)
 
-    default_optimizers = staticmethod(default_optimizers)
+    def generator_pass(self, inputs, seed, training):
+        """``(ab (B, S, S, 2), probs (B, S/2, S/2, Q))``; the generator takes no noise, so
+        ``seed`` is unused."""
+        probs, fake = self.classify(inputs, training=training)
+        return fake, probs
 
-    @property
-    def generator_variables(self):
-        return self.generator.trainable_variables
-
-    # -- losses ------------------------------------------------------------------------
-
-    def _score(self, l_small, ab_small, training):
-        """Critic scores of already pooled (l, ab): (B, S/2/s, S/2/s, 1) float32."""
-        lab = tf.concat([l_small, tf.cast(ab_small, tf.float32)], axis=-1)
-        return tf.cast(self.critic(lab, training=training), tf.float32)
-
-    def critic_terms(self, l, ab, fake_ab, epsilon, training=True):
-        """``({"d_loss", "gp"}, d_loss)``, float32: mean D(fake) - mean D(real) + λ_gp GP.
-
-        l (B, S, S, 1), ab (B, S, S, 2) the truth, fake_ab (B, S, S, 2) the generator's
-        output (no gradient flows into it), epsilon (B, 1, 1, 1) in [0, 1]. All are pooled x2
-        before the critic (departure 2).
-        """
-        l_small, real = _pool(l), _pool(ab)
-        fake = tf.stop_gradient(_pool(fake_ab))
-        wasserstein = (tf.reduce_mean(self._score(l_small, fake, training))
-                       - tf.reduce_mean(self._score(l_small, real, training)))
-        gp = gradient_penalty(self.critic, l_small, real, fake, epsilon)
-        d_loss = wasserstein + self.lal_config.gp_weight * gp
-        return {"d_loss": d_loss, "gp": gp}, d_loss
+    def critic_view(self, l, ab, fake_ab):
+        """l, ab and fake_ab average-pooled x2 to the prediction's grid (departure 2)."""
+        return _pool(l), _pool(ab), _pool(fake_ab)
 
     def generator_terms(self, inputs, ab, training=True):
         """``({"loss", "class_ce", "g_adv", "ab_mse"}, loss)``, float32.
 
         inputs ``{"l": (B, S, S, 1), "embedding": (B, D)}``, ab (B, S, S, 2) the truth.
         """
-        probs, fake = self.classify(inputs, training=training)
-        return self._generator_terms(inputs["l"], ab, probs, fake, training)
+        fake, probs = self.generator_pass(inputs, None, training)
+        return self.generator_loss(inputs["l"], ab, fake, probs, training)
 
-    def _generator_terms(self, l, ab, probs, fake, training):
+    def generator_loss(self, l, ab, fake_ab, aux, training):
+        """:meth:`generator_terms` of the decoded ab fake_ab (B, S, S, 2) and ``aux`` = the
+        bin probabilities (B, S/2, S/2, Q)."""
         cfg = self.lal_config
-        fake = tf.cast(fake, tf.float32)
+        fake = tf.cast(fake_ab, tf.float32)
         terms = {
-            "class_ce": self.generator.classification_loss(probs, ab),
-            "g_adv": -tf.reduce_mean(self._score(_pool(l), _pool(fake), training)),
+            "class_ce": self.generator.classification_loss(aux, ab),
+            "g_adv": -tf.reduce_mean(self.score(_pool(l), _pool(fake), training)),
             "ab_mse": tf.reduce_mean(tf.square(fake - ab)),
         }
         # λ2 L_cl is absent: semantic_weight is always 0 (LalConfig, departure 1).
@@ -292,66 +246,12 @@ class LalColorizer(colorgan.TwoOptimizers, keras.Model):
         terms["loss"] = loss
         return terms, loss
 
-    def _epsilon(self, l, stream, step):
-        return tf.random.stateless_uniform(tf.stack([tf.shape(l)[0], 1, 1, 1]),
-                                           seed=colorgan._step_seed(stream, step))
-
-    # -- training ----------------------------------------------------------------------
-
-    @property
-    def metrics(self):
-        return list(self._trackers)
-
-    def _record(self, l, values):
-        batch = tf.cast(tf.shape(l)[0], tf.float32)
-        logs = {}
-        for tracker in self._trackers:
-            if tracker.name in values:
-                tracker.update_state(values[tracker.name], sample_weight=batch)
-                logs[tracker.name] = tracker.result()
-        return logs
-
-    def train_step(self, data):
-        if self.d_optimizer is None:
-            raise KoalaError(f"{self.name}: compile(g_optimizer, d_optimizer) before fit")
-        x, ab = _unpack(data)
-        l = tf.cast(x["l"], tf.float32)
-        # Gradients are summed over replicas under tf.distribute: average them instead.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        g_vars = self.generator.trainable_variables
-        critic_vars = self.critic.trainable_variables
-        with tf.GradientTape() as g_tape:
-            # One generator pass serves every critic step and the generator step
-            # (departure 8).
-            probs, fake = self.classify(x, training=True)
-            d_terms = None
-            with g_tape.stop_recording():
-                for k in range(self.lal_config.n_critic):
-                    # Read afresh each time: the counter moves with every applied update.
-                    epsilon = self._epsilon(l, _CRITIC_EPSILON + 4 * k,
-                                            self.d_optimizer.iterations)
-                    with tf.GradientTape() as d_tape:
-                        d_terms, d_loss = self.critic_terms(l, ab, fake, epsilon)
-                        # Multiplies by the loss scale under mixed precision (divided back
-                        # out in apply), a no-op otherwise.
-                        scaled = self.d_optimizer.scale_loss(d_loss / replicas)
-                    self.d_optimizer.apply(d_tape.gradient(scaled, critic_vars), critic_vars)
-            # Against the updated critic.
-            g_terms, g_loss = self._generator_terms(l, ab, probs, fake, training=True)
-            scaled = self.optimizer.scale_loss(g_loss / replicas)
-        self.optimizer.apply(g_tape.gradient(scaled, g_vars), g_vars)
-        return self._record(l, {**d_terms, **g_terms})
-
-    def test_step(self, data):
-        x, ab = _unpack(data)
-        g_terms, _ = self.generator_terms(x, ab, training=False)
-        return self._record(x["l"], g_terms)
-
 
 def lal(**kwargs) -> LalColorizer:
     """The paper-size model: the fusion classification colorizer (S = 224, FusionConfig's
     defaults) and ColorGAN's paper critic; keyword arguments override any field of
-    :class:`~koala.tasks.colorize.models.fusion.FusionConfig` (except ``head``) or :class:`LalConfig`."""
+    :class:`~koala.tasks.colorize.models.fusion.FusionConfig` (except ``head``) or
+    :class:`LalConfig`."""
     return LalColorizer(**kwargs)
 
 
