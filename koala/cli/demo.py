@@ -54,7 +54,10 @@ def _val_photos() -> pathlib.Path:
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    if argv is not None and len(argv) > 1:
+        print(f"error: the demo takes no arguments, got {' '.join(argv[1:])}", file=sys.stderr)
+        return 2
     start = time.monotonic()
     name, weights = EMBEDDER
     print(f"koala demo: embedder {name} with weights '{weights}' (random, deterministic: the "
@@ -78,5 +81,9 @@ def main() -> int:
     return 0
 
 
+def run() -> None:
+    sys.exit(main(sys.argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

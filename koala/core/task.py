@@ -9,6 +9,7 @@ trainer (:mod:`koala.core.trainer`) knows no family by name. The registry
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -73,7 +74,14 @@ class Task(Protocol):
 
 class TaskBase:
     """Defaults for the optional parts of a :class:`Task`: no extra callbacks, best.keras
-    follows the loss, nothing more in run.json."""
+    follows the loss, nothing more in run.json, the evaluator in the family's folder."""
+
+    name: str
+
+    @property
+    def evaluator(self) -> Any:
+        """``koala.tasks.<name>.evaluator``, imported when first asked for."""
+        return importlib.import_module(f"koala.tasks.{self.name}.evaluator")
 
     def callbacks(self, model, run: RunConfig, cfg) -> list:
         return []

@@ -25,12 +25,6 @@ class CodecTask(TaskBase):
     name = "codec"
     config_class = CodecTrainConfig
 
-    @property
-    def evaluator(self):
-        from koala.tasks.codec import evaluator
-
-        return evaluator
-
     def build_model(self, entry: ModelEntry, run, cfg: CodecTrainConfig, records):
         return entry.build(loss_preset=cfg.loss_preset, perceptual_net=cfg.perceptual_net,
                            perceptual_weights=cfg.perceptual_weights,

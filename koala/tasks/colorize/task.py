@@ -90,12 +90,6 @@ class ColorizeTask(TaskBase):
     name = "colorize"
     config_class = ColorizeTrainConfig
 
-    @property
-    def evaluator(self):
-        from koala.tasks.colorize import evaluator
-
-        return evaluator
-
     def build_model(self, entry: ModelEntry, run, cfg: ColorizeTrainConfig, records):
         if entry.variant == "colorgan":
             # The square the colorize tool will fit images into: the records' size.

@@ -120,6 +120,7 @@ Departures from the papers:
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import keras
 
@@ -204,10 +205,7 @@ class SRCNNConfig:
         if self.init not in SRCNN_INITS:
             raise ValueError(f"init must be one of {SRCNN_INITS}, got {self.init!r}")
 
-    @property
-    def upsampled_input(self) -> bool:
-        """True: SRCNN takes the bicubic-upscaled low-res image."""
-        return True
+    upsampled_input: ClassVar[bool] = True  # SRCNN takes the bicubic-upscaled low-res image
 
     @property
     def border(self) -> int:
@@ -238,15 +236,8 @@ class FSRCNNConfig:
         if not isinstance(self.m, int) or isinstance(self.m, bool) or self.m < 0:
             raise ValueError(f"m must be a non-negative integer, got {self.m!r}")
 
-    @property
-    def upsampled_input(self) -> bool:
-        """False: FSRCNN takes the low-res image itself."""
-        return False
-
-    @property
-    def border(self) -> int:
-        """0: every layer keeps (or multiplies) the size."""
-        return 0
+    upsampled_input: ClassVar[bool] = False  # FSRCNN takes the low-res image itself
+    border: ClassVar[int] = 0  # every layer keeps (or multiplies) the size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,15 +259,8 @@ class AutoencoderConfig:
         for name in ("depth", "filters", "channels", "scale"):
             _positive(name, getattr(self, name))
 
-    @property
-    def upsampled_input(self) -> bool:
-        """True: the auto-encoder takes the bicubic-upscaled low-res image."""
-        return True
-
-    @property
-    def border(self) -> int:
-        """0: every layer keeps the size."""
-        return 0
+    upsampled_input: ClassVar[bool] = True  # it takes the bicubic-upscaled low-res image
+    border: ClassVar[int] = 0  # every layer keeps the size
 
     def skips(self) -> dict[int, int]:
         """{decoder layer j: encoder layer i} for each skip, i = depth - j, j odd, i >= 1."""

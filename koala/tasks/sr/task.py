@@ -24,12 +24,6 @@ class SRTask(TaskBase):
     name = "sr"
     config_class = SRTrainConfig
 
-    @property
-    def evaluator(self):
-        from koala.tasks.sr import evaluator
-
-        return evaluator
-
     def build_model(self, entry: ModelEntry, run, cfg: SRTrainConfig, records):
         return entry.build(channels=1 if cfg.sr_channels == "y" else 3, scale=cfg.scale)
 
