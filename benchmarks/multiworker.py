@@ -46,7 +46,7 @@ cfg = registry.configs(workdir=sys.argv[1], train_records=sys.argv[2], model=sys
     epochs=2, steps_per_epoch=int(sys.argv[4]), batch_size=int(sys.argv[6]),
     mixed_precision="float32", lr_boundaries=(100,), image_grid_count=0,
     distribute=sys.argv[7], val_records=None)
-training.train(*cfg, extra_callbacks=[timer])
+registry.train(*cfg, extra_callbacks=[timer])
 print("RATE", (len(timer.ends) - 1) / (timer.ends[-1] - timer.ends[0]))
 """
 

@@ -27,7 +27,6 @@ import tensorflow as tf
 from absl import app, flags
 
 from koala import registry
-from koala.core import trainer as training
 from koala.data import build
 from koala.tasks.colorize.models import fusion
 
@@ -79,7 +78,7 @@ def koala_train(records, batch_size, steps):
                                mixed_precision="float32", image_grid_count=2)
     timer = StepTimer()
     start = time.perf_counter()
-    history = training.train(*cfg, extra_callbacks=[timer])
+    history = registry.train(*cfg, extra_callbacks=[timer])
     total = time.perf_counter() - start
     del history
     return timer.steps_per_second(), total

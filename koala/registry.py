@@ -89,6 +89,16 @@ def configs(**settings) -> tuple[RunConfig, object]:
     return run, cfg
 
 
+def train(run: RunConfig, cfg=None, **kwargs):
+    """Trains ``run.model`` with its family's task (:func:`koala.core.trainer.train`; ``cfg``
+    None: the family's defaults); returns the Keras History."""
+    from koala.core import trainer
+
+    entry, task = lookup(run.model)
+    cfg = task.config_class() if cfg is None else cfg
+    return trainer.train(run, cfg, entry, task, **kwargs)
+
+
 def flag_names() -> list[str]:
     """Every setting of the run config and of any family's config (the train flags)."""
     names = list(run_config.field_names(RunConfig))

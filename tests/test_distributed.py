@@ -101,7 +101,7 @@ models = [("srcnn_small", dict(optimizer="sgd", learning_rate=1e-2, patch_size=2
 # instance keys the first two used (a TF limitation, not koala's).
 for model, kw in [m for m in models if m[0] == MODEL]:
     for mode in ("none", "mirrored"):
-        history = training.train(*config(f"{model}-{mode}", model=model, distribute=mode, **kw))
+        history = registry.train(*config(f"{model}-{mode}", model=model, distribute=mode, **kw))
         out[f"{model}/{mode}"] = history.history["loss"][-1]
     # The multi-worker loop (distributed.fit), driven by a MirroredStrategy on the same data.
     run, cfg = config(f"{model}-loop", model=model, distribute="mirrored", **kw)
@@ -153,7 +153,7 @@ cfg = registry.configs(
     workdir=sys.argv[1], train_records=sys.argv[2], model="fusion_small", epochs=int(sys.argv[3]),
     steps_per_epoch=3, batch_size=4, mixed_precision="float32", lr_boundaries=(1000,),
     distribute="multi_worker", collective_timeout=30)
-history = training.train(*cfg)
+history = registry.train(*cfg)
 np.savez(sys.argv[4], *[w for w in history.model.get_weights()])
 with open(sys.argv[4] + ".json", "w") as f:
     json.dump({"epochs": history.epoch, "loss": history.history["loss"]}, f)

@@ -1,6 +1,7 @@
 """The fusion colorizer's classification head (SPEC §5, Zhang et al. 2016): graph shapes, the
-class-rebalanced cross-entropy on hand-made cases, annealed-mean decoding, serialisation,
-gradients, mirrored-strategy parity, and training through koala.cli.train with a bin prior."""
+class-rebalanced cross-entropy on hand-made cases, annealed-mean decoding, the shared model
+checks (config and .keras round trips, gradients, bfloat16), mirrored-strategy parity, and
+training through koala.cli.train with a bin prior."""
 
 import json
 import os
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_photo_folder
+from model_checks import check_config_round_trip, check_gradients, check_precision, check_saving
 
 from koala import registry
 from koala.core import trainer as training
@@ -238,14 +240,9 @@ def test_evaluate_logs_the_loss_and_ab_mse():
 def test_every_trainable_weight_gets_a_gradient():
     model = small()
     x, ab = random_inputs(32), random_ab(32)
-    with tf.GradientTape() as tape:
-        probs, _ = model.classify(x, training=True)
-        loss = model.classification_loss(probs, ab)
-    trainable = model.trainable_weights
-    grads = tape.gradient(loss, trainable + model.non_trainable_weights)
-    for weight, grad in zip(trainable, grads[: len(trainable)], strict=True):
-        assert grad is not None and np.any(grad.numpy() != 0), weight.path
-    assert all(g is None for g in grads[len(trainable):])  # BN moving statistics
+    assert all("moving_" in w.path for w in model.non_trainable_weights)  # they get none
+    check_gradients(model, lambda: model.classification_loss(
+        model.classify(x, training=True)[0], ab))
 
 
 def test_fit_step_mixed_float16():
@@ -267,18 +264,24 @@ def test_fit_step_mixed_float16():
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_keras_file_round_trip(tmp_path):
+def test_bfloat16_computes_all_but_the_decoding_in_bfloat16():
+    # From the softmax on, the bin distribution and its annealed mean are float32.
+    model, ab = check_precision(small, random_inputs(32), float32_layers=(
+        "probs", "ab_mean", "ab_norm", "ab_clip", "ab"))
+    assert ab.shape == (2, 32, 32, 2) and np.all(np.abs(ab) <= 1.0)
+    assert model.get_layer("dec_logits").compute_dtype == "bfloat16"
+
+
+def test_config_and_keras_file_round_trips(tmp_path):
     weights = tuple(float(w) for w in np.random.default_rng(3).uniform(0.5, 2.0, Q))
     model = small(class_weights=weights, temperature=0.5)
     x = random_inputs(32)
-    before = model.predict(x, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
-    assert isinstance(loaded, FusionColorizer) and loaded.config == model.config
+    assert check_config_round_trip(model, x).config == model.config
+    loaded = check_saving(model, x, tmp_path / "m.keras")
+    assert loaded.config == model.config
     assert loaded.config.class_weights == weights and loaded.config.temperature == 0.5
     assert isinstance(loaded.get_layer("ab_mean"), AnnealedMean)
     assert len(loaded.weights) == len(model.weights)  # the classifier view is not saved twice
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), before, atol=1e-6)
     probs, _ = loaded.classify(x)
     np.testing.assert_allclose(probs.numpy(), model.classify(x)[0].numpy(), atol=1e-6)
 
@@ -362,7 +365,7 @@ def smoke(records, workdir, **kw):
 
 def test_two_steps_through_koala_train(records, tmp_path):
     cfg = smoke(records, tmp_path / "run", rebalance_lambda=0.25)
-    history = training.train(*cfg)
+    history = registry.train(*cfg)
     assert history.epoch == [0, 1]
     for key in ("loss", "ab_mse", "val_loss", "val_ab_mse"):
         assert np.all(np.isfinite(history.history[key])), key
@@ -376,9 +379,9 @@ def test_two_steps_through_koala_train(records, tmp_path):
     assert run["ab_prior"] == os.path.join(records, bin_prior.PRIOR_FILE)
     assert run["parameters"] == parameter_count_from_table(model.config)
     # The workdir check: the same settings resume (nothing left), other ones are refused.
-    assert training.train(*cfg).epoch == []
+    assert registry.train(*cfg).epoch == []
     with pytest.raises(KoalaError, match="rebalance_lambda"):
-        training.train(*smoke(records, tmp_path / "run", rebalance_lambda=0.5))
+        registry.train(*smoke(records, tmp_path / "run", rebalance_lambda=0.5))
     # A run.json written before these settings existed still resumes (its run had the
     # defaults): drop them and check again with the defaults.
     run["config"] = {k: v for k, v in run["config"].items()
@@ -393,14 +396,16 @@ def test_missing_prior_is_one_clear_error(records, tmp_path):
     bare = tmp_path / "records"
     shutil.copytree(records, bare, ignore=shutil.ignore_patterns(bin_prior.PRIOR_FILE))
     with pytest.raises(KoalaError) as info:
-        training.train(*smoke(str(bare), tmp_path / "run"))
+        registry.train(*smoke(str(bare), tmp_path / "run"))
     message = str(info.value)
     assert "\n" not in message
     assert f"python data_prep/bin_prior.py --records={bare}" in message
     assert os.path.join(str(bare), bin_prior.PRIOR_FILE) in message
     with pytest.raises(KoalaError, match="no ab prior at .*elsewhere.npz"):
-        training.train(*smoke(records, tmp_path / "run2", ab_prior=str(tmp_path / "elsewhere.npz")))
-    with pytest.raises(ValueError, match="fusion"):
+        registry.train(*smoke(records, tmp_path / "run2", ab_prior=str(tmp_path / "elsewhere.npz")))
+    # The classification head is a colorize setting: an SR model refuses it, naming both.
+    with pytest.raises(ValueError, match="--head is a setting of the colorize family; "
+                                         "--model=srcnn_small is of the sr family"):
         smoke(records, tmp_path / "run3", model="srcnn_small")
 
 

@@ -63,7 +63,7 @@ class KillAt(keras.callbacks.Callback):
 
 
 def test_two_steps_write_every_artifact(records, tmp_path):
-    history = training.train(*smoke(records, tmp_path / "run"), flags_text="--model=x\n")
+    history = registry.train(*smoke(records, tmp_path / "run"), flags_text="--model=x\n")
     run = tmp_path / "run"
     assert history.epoch == [0, 1]
     assert np.all(np.isfinite(history.history["loss"]))
@@ -93,16 +93,16 @@ def test_two_steps_write_every_artifact(records, tmp_path):
 def test_resume_after_a_kill_mid_epoch(records, tmp_path):
     cfg = smoke(records, tmp_path / "run", epochs=4)
     with pytest.raises(KeyboardInterrupt):
-        training.train(*cfg, extra_callbacks=[KillAt(epoch=2, batch=0)])
+        registry.train(*cfg, extra_callbacks=[KillAt(epoch=2, batch=0)])
     assert log_epochs(tmp_path / "run") == [0, 1]
-    history = training.train(*cfg)
+    history = registry.train(*cfg)
     assert history.epoch == [2, 3], "resumed at the saved epoch, not from 0"
     assert log_epochs(tmp_path / "run") == [0, 1, 2, 3]
     backup = keras.saving.load_model(tmp_path / "run" / "last.keras")
     assert backup.optimizer.iterations.numpy() == 4 * 2  # optimizer state carried over
     # Re-running a finished run does nothing; raising --epochs continues it.
-    assert training.train(*cfg).epoch == []
-    assert training.train(*smoke(records, tmp_path / "run", epochs=5)).epoch == [4]
+    assert registry.train(*cfg).epoch == []
+    assert registry.train(*smoke(records, tmp_path / "run", epochs=5)).epoch == [4]
     assert log_epochs(tmp_path / "run") == [0, 1, 2, 3, 4]
 
 
@@ -115,16 +115,16 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_backup(records, tmp_path):
 
     cfg = smoke(records, tmp_path / "run", epochs=3)
     with pytest.raises(RuntimeError, match="(?i)nan"):
-        training.train(*cfg, extra_callbacks=[Poison()])
+        registry.train(*cfg, extra_callbacks=[Poison()])
     backup = tmp_path / "run" / "backup"
     assert backup.exists() and any(backup.rglob("*"))
     assert log_epochs(tmp_path / "run") == [0]
 
 
 def test_workdir_with_other_settings_is_refused(records, tmp_path):
-    training.train(*smoke(records, tmp_path / "run", epochs=1))
+    registry.train(*smoke(records, tmp_path / "run", epochs=1))
     with pytest.raises(KoalaError, match="batch_size"):
-        training.train(*smoke(records, tmp_path / "run", epochs=1, batch_size=3))
+        registry.train(*smoke(records, tmp_path / "run", epochs=1, batch_size=3))
 
 
 def test_distributed_val_batch_splits_evenly():
@@ -193,7 +193,7 @@ from koala.core import trainer as training
 cfg = registry.configs(workdir={str(tmp_path / "run")!r}, train_records={records!r},
     model="fusion_small", epochs=1, steps_per_epoch=2, batch_size=4, distribute="mirrored",
     mixed_precision="float32", lr_boundaries=(1,), image_grid_count=0)
-history = training.train(*cfg)
+history = registry.train(*cfg)
 run = json.load(open({str(tmp_path / "run" / "run.json")!r}))
 print("RESULT", json.dumps({{"replicas": run["replicas"], "loss": history.history["loss"]}}))
 """
@@ -215,7 +215,7 @@ def test_sr_models_train_through_koala_train(records, tmp_path, model_name, upsa
     cfg = smoke(records, tmp_path / "run", model=model_name, optimizer="sgd",
                 learning_rate=1e-3, last_layer_lr_scale=0.1, scale=3, patch_size=33,
                 patches_per_image=2, batch_size=4)
-    history = training.train(*cfg)
+    history = registry.train(*cfg)
     assert np.all(np.isfinite(history.history["loss"]))
     assert "val_loss" in history.history
     model = keras.saving.load_model(tmp_path / "run" / "last.keras")

@@ -38,7 +38,7 @@ def test_polynomial_schedule():
 
 
 def test_two_stages_log_every_term_and_switch(records, tmp_path):  # noqa: F811
-    history = training.train(*codec_smoke(records, tmp_path / "run"))
+    history = registry.train(*codec_smoke(records, tmp_path / "run"))
     rows = read_log(tmp_path / "run")
     assert [int(float(r["stage"])) for r in rows] == [1, 1, 2]
     for term in ("loss", "invertibility", "lightness", "contrast", "structure",
@@ -59,9 +59,9 @@ def test_two_stages_log_every_term_and_switch(records, tmp_path):  # noqa: F811
 def test_resume_that_lands_in_stage_2(records, tmp_path):  # noqa: F811
     cfg = codec_smoke(records, tmp_path / "run", epochs=4)
     with pytest.raises(KeyboardInterrupt):  # killed during epoch 3 (stage 2 began at 2)
-        training.train(*cfg, extra_callbacks=[KillAt(epoch=3, batch=0)])
+        registry.train(*cfg, extra_callbacks=[KillAt(epoch=3, batch=0)])
     assert log_epochs(tmp_path / "run") == [0, 1, 2]
-    history = training.train(*cfg)
+    history = registry.train(*cfg)
     assert history.epoch == [3]
     rows = read_log(tmp_path / "run")
     assert [int(float(r["stage"])) for r in rows] == [1, 1, 2, 2]

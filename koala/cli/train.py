@@ -176,7 +176,7 @@ def main(argv) -> int:
                             required=("workdir", "train_records"))
     if rest:
         return common.error(f"unexpected arguments: {rest}")
-    from koala.core import trainer
+    from koala import registry
     from koala.core.errors import KoalaError
 
     try:
@@ -184,7 +184,7 @@ def main(argv) -> int:
     except (ValueError, KoalaError) as e:
         return common.error(str(e))
     try:
-        history = trainer.train(run, cfg, flags_text=flags_text(run, cfg))
+        history = registry.train(run, cfg, flags_text=flags_text(run, cfg))
     except KoalaError as e:
         return common.error(str(e))
     except RuntimeError as e:  # TerminateOnNaN(raise_error=True)

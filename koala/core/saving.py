@@ -1,12 +1,13 @@
 """Saving and loading koala's ``.keras`` files: atomic saves, checked loads.
 
-Loading through :func:`load` first imports :mod:`koala.registry`, which imports every model
-family and so registers every koala layer and model with Keras' serialisation (their
-registered names, ``koala>FusionColorizer`` ..., are the file format's contract). A user who
-loads with plain ``keras.saving.load_model`` does ``import koala.registry`` first.
+A koala layer or model loads once its module is imported (its registered name,
+``koala>FusionColorizer`` ..., is the file format's contract): the tools import their
+family's models; :mod:`koala.registry` imports every family, so a user who loads with plain
+``keras.saving.load_model`` does ``import koala.registry`` first.
 """
 
 import os
+import re
 import zipfile
 
 import keras
@@ -28,8 +29,6 @@ def load(path, types: tuple, kind: str) -> keras.Model:
       KoalaError: the file is missing, is not a loadable Keras model, or holds a model that
         is not one of ``types`` (``kind`` names what was expected, for the message).
     """
-    import koala.registry  # noqa: F401  (registers every koala layer and model)
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise KoalaError(f"model file not found: {path}")
@@ -38,6 +37,9 @@ def load(path, types: tuple, kind: str) -> keras.Model:
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # keras raises ValueError, OSError, zipfile errors, ...
+        unknown = re.search(r"Could not locate class '(\w+)'", str(e))
+        if unknown:  # a model of a family this tool doesn't load, or not koala's
+            raise KoalaError(f"{path} holds a {unknown.group(1)}, not {kind}") from e
         message = " ".join(str(e).split())
         if len(message) > 300:
             message = message[:300] + "..."

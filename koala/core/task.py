@@ -63,7 +63,7 @@ class Task(Protocol):
     def monitor(self, model) -> str:
         """The log key best.keras follows ("loss", or a term that doesn't swing)."""
 
-    def run_info(self, run: RunConfig, cfg) -> dict:
+    def run_info(self, entry: ModelEntry, run: RunConfig, cfg) -> dict:
         """Extra keys for run.json (e.g. the ab prior a colorizer was trained with)."""
 
     @property
@@ -89,5 +89,5 @@ class TaskBase:
     def monitor(self, model) -> str:
         return "loss"
 
-    def run_info(self, run: RunConfig, cfg) -> dict:
+    def run_info(self, entry: ModelEntry, run: RunConfig, cfg) -> dict:
         return {}

@@ -45,6 +45,7 @@ from koala.core import optimizers as optimizers_lib
 from koala.core.errors import KoalaError
 from koala.core.io import atomic_write, atomic_write_json
 from koala.core.run_config import RunConfig
+from koala.core.task import ModelEntry, Task
 from koala.data import records
 
 log = logging.getLogger(__name__)
@@ -276,19 +277,17 @@ def _validation_source(run: RunConfig):
     return None, None
 
 
-def train(run: RunConfig, cfg=None, *, flags_text: str | None = None, extra_callbacks=()):
-    """Trains ``run.model`` on ``run.train_records``; returns the Keras History.
+def train(run: RunConfig, cfg, entry: ModelEntry, task: Task, *, flags_text: str | None = None,
+          extra_callbacks=()):
+    """Trains ``run.model`` (built by ``task`` from ``entry``) on ``run.train_records``;
+    returns the Keras History. :func:`koala.registry.train` looks the entry and task up.
 
-    ``cfg`` is the model family's config (:func:`koala.registry.configs` makes both from flat
-    settings; None: the family's defaults). ``flags_text`` (the effective flags, one per line)
-    is written to WORKDIR/flags.txt. ``extra_callbacks`` are appended (tests use them to
-    simulate a kill). With ``distribute="multi_worker"`` this is one worker of the cluster in
-    TF_CONFIG (see koala/core/distributed.py): only the chief writes into the workdir.
+    ``cfg`` is the model family's config (an instance of ``task.config_class``).
+    ``flags_text`` (the effective flags, one per line) is written to WORKDIR/flags.txt.
+    ``extra_callbacks`` are appended (tests use them to simulate a kill). With
+    ``distribute="multi_worker"`` this is one worker of the cluster in TF_CONFIG (see
+    koala/core/distributed.py): only the chief writes into the workdir.
     """
-    from koala import registry
-
-    entry, task = registry.lookup(run.model)
-    cfg = task.config_class() if cfg is None else cfg
     if not isinstance(cfg, task.config_class):
         raise KoalaError(f"model {run.model!r} is trained with a {task.config_class.__name__}, "
                          f"not a {type(cfg).__name__}")
@@ -336,7 +335,7 @@ def _train(run, cfg, entry, task, strategy, workdir: str, flags_text, extra_call
             "koala_version": koala.__version__, "tensorflow": tf.__version__,
             "keras": keras.__version__, "python": platform.python_version(),
             "devices": [d.name for d in tf.config.list_logical_devices()],
-            "replicas": strategy.num_replicas_in_sync, **task.run_info(run, cfg),
+            "replicas": strategy.num_replicas_in_sync, **task.run_info(entry, run, cfg),
         })
         monitor = task.monitor(model)
         monitor = f"val_{monitor}" if data.val is not None else monitor

@@ -38,9 +38,25 @@ from koala.core.progress import Progress
 from koala.data import features
 from koala.data.build import plan as plan_lib
 from koala.data.build.plan import (
-    ANY_SHARD_RE, COMPRESSIONS, MANIFEST, PART_MANIFEST_RE, SHARD_RE, SPLITS, STATE_DIR,
-    BuildConfig, BuildResult, ShardPlan, file_sha256, listdir, part_of, plan_shards,
-    printable, read_json, remove_if_present, workers_of, write_json,
+    ANY_SHARD_RE,
+    COMPRESSIONS,
+    MANIFEST,
+    PART_MANIFEST_RE,
+    SHARD_RE,
+    SPLITS,
+    STATE_DIR,
+    BuildConfig,
+    BuildResult,
+    ShardPlan,
+    file_sha256,
+    listdir,
+    part_of,
+    plan_shards,
+    printable,
+    read_json,
+    remove_if_present,
+    workers_of,
+    write_json,
 )
 from koala.ops import color, geometry
 from koala.ops.embedder import Embedder

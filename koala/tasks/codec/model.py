@@ -115,7 +115,6 @@ from keras import ops
 from koala.core.errors import KoalaError
 from koala.tasks.codec import losses
 
-
 __all__ = [
     "CodecConfig",
     "CodecStages",

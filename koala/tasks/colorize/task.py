@@ -159,10 +159,7 @@ class ColorizeTask(TaskBase):
             return "class_ce"
         return "loss"
 
-    def run_info(self, run, cfg) -> dict:
-        from koala import registry
-
-        entry, _ = registry.lookup(run.model)
+    def run_info(self, entry: ModelEntry, run, cfg) -> dict:
         if cfg.head == "classification" or entry.variant == "lal":
             return {"ab_prior": ab_prior_path(run, cfg)}
         return {}
