@@ -31,27 +31,8 @@ worker's run deletes a merged ``manifest.json`` it would make stale; run the mer
 """
 
 from koala.data.build.merge import merge
-from koala.data.build.plan import (
-    ANY_SHARD_RE,
-    COMPRESSIONS,
-    CONTENT_FIELDS,
-    MANIFEST,
-    PART_MANIFEST_RE,
-    PART_TAG,
-    PART_TAG_RE,
-    RGB_CODECS,
-    SHARD_RE,
-    SPLITS,
-    STATE_DIR,
-    BuildConfig,
-    BuildResult,
-    ShardPlan,
-    file_sha256,
-    listing_digest,
-    part_of,
-    plan_shards,
-    split_of,
-)
+from koala.data.build import plan
+from koala.data.build.plan import *  # noqa: F403  (its __all__: settings, layout, hashing)
 from koala.data.build.writer import (
     Builder,
     Prepared,
@@ -62,10 +43,5 @@ from koala.data.build.writer import (
     prepare,
 )
 
-__all__ = [
-    "ANY_SHARD_RE", "COMPRESSIONS", "CONTENT_FIELDS", "MANIFEST", "PART_MANIFEST_RE",
-    "PART_TAG", "PART_TAG_RE", "RGB_CODECS", "SHARD_RE", "SPLITS", "STATE_DIR", "BuildConfig",
-    "BuildResult", "Builder", "Prepared", "ShardPlan", "Skipped", "_ShardWriter", "build",
-    "encode_color", "file_sha256", "listing_digest", "merge", "part_of", "plan_shards",
-    "prepare", "split_of",
-]
+__all__ = [*plan.__all__, "Builder", "Prepared", "Skipped", "_ShardWriter", "build",
+           "encode_color", "merge", "prepare"]

@@ -23,6 +23,28 @@ from koala.data import features
 from koala.ops import geometry
 from koala.ops.images import DEFAULT_MAX_PIXELS
 
+__all__ = [
+    "ANY_SHARD_RE",
+    "COMPRESSIONS",
+    "CONTENT_FIELDS",
+    "MANIFEST",
+    "PART_MANIFEST_RE",
+    "PART_TAG",
+    "PART_TAG_RE",
+    "RGB_CODECS",
+    "SHARD_RE",
+    "SPLITS",
+    "STATE_DIR",
+    "BuildConfig",
+    "BuildResult",
+    "ShardPlan",
+    "file_sha256",
+    "listing_digest",
+    "part_of",
+    "plan_shards",
+    "split_of",
+]
+
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
 STATE_DIR = ".build"

@@ -377,8 +377,10 @@ class _SRModel(keras.Model):
 
     CONFIG: type
     GRAPH: staticmethod
+    NAME: str  # the default model name
 
-    def __init__(self, name, **config):
+    def __init__(self, name=None, **config):
+        name = name or self.NAME
         kwargs = {k: config.pop(k) for k in ("trainable", "dtype") if k in config}
         self.config = self.CONFIG(**config)
         inputs, outputs = self.GRAPH(self.config)
@@ -398,14 +400,13 @@ class SRCNN(_SRModel):
     """SRCNN: (B, H, W, C) bicubic-upscaled image in [0, 1] -> (B, H - 2b, W - 2b, C) float32.
 
     b = ``border(config)``; keyword arguments are :class:`SRCNNConfig` fields. A saved
-    ``.keras`` file reloads with plain ``keras.saving.load_model`` once koala is imported.
+    ``.keras`` file reloads with plain ``keras.saving.load_model`` once koala.registry is
+    imported.
     """
 
     CONFIG = SRCNNConfig
     GRAPH = staticmethod(_srcnn_graph)
-
-    def __init__(self, name="srcnn", **config):
-        super().__init__(name, **config)
+    NAME = "srcnn"
 
 
 @keras.saving.register_keras_serializable(package="koala")
@@ -417,9 +418,7 @@ class FSRCNN(_SRModel):
 
     CONFIG = FSRCNNConfig
     GRAPH = staticmethod(_fsrcnn_graph)
-
-    def __init__(self, name="fsrcnn", **config):
-        super().__init__(name, **config)
+    NAME = "fsrcnn"
 
 
 @keras.saving.register_keras_serializable(package="koala")
@@ -432,9 +431,7 @@ class SRAutoencoder(_SRModel):
 
     CONFIG = AutoencoderConfig
     GRAPH = staticmethod(_autoencoder_graph)
-
-    def __init__(self, name="sr_autoencoder", **config):
-        super().__init__(name, **config)
+    NAME = "sr_autoencoder"
 
 
 # ----------------------------------------------------------------------------------------

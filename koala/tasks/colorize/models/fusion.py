@@ -436,7 +436,7 @@ class FusionColorizer(keras.Model):
     Inputs ``{"l": (B, S, S, 1), "embedding": (B, D)}`` (a dict, as the data pipeline yields
     it); output ab (B, S, S, 2), float32, in [-1, 1]. ``model.config`` gives the
     hyper-parameters and the embedder that makes the "embedding" input; a saved ``.keras``
-    file reloads with plain ``keras.saving.load_model`` once koala is imported.
+    file reloads with plain ``keras.saving.load_model`` once koala.registry is imported.
 
     With ``head="classification"`` the output is the same (the annealed mean of the bin
     distribution, normalised); :meth:`classify` also gives the distribution, and
