@@ -1,4 +1,7 @@
-"""Shared test fixtures: tiny images and record sets built in tmp_path, nothing downloaded."""
+"""Shared test fixtures: tiny images and record sets built in tmp_path, nothing downloaded.
+
+The model checks (config and .keras round trips, gradients, bfloat16) are in model_checks.py.
+"""
 
 import os
 
@@ -57,16 +60,3 @@ def mobilenet_none():
 
     return Embedder("mobilenet", "none", batch_size=4)
 
-
-def nonzero_gradients(loss_fn, variables):
-    """Asserts that ``loss_fn()`` gives every variable a finite gradient that isn't all zero;
-    returns the loss."""
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        loss = loss_fn()
-    grads = tape.gradient(loss, variables)
-    for var, grad in zip(variables, grads, strict=True):
-        assert grad is not None, var.path
-        assert np.all(np.isfinite(grad)) and np.any(grad.numpy() != 0), var.path
-    return loss

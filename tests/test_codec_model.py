@@ -1,4 +1,5 @@
-"""Invertible Grayscale (koala.tasks.codec.model): sizes, serialisation, training, stages."""
+"""Invertible Grayscale (koala.tasks.codec.model): sizes, the shared model checks (config and
+.keras round trips, gradients, bfloat16), training, stages."""
 
 import dataclasses
 
@@ -6,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_checks import check_config_round_trip, check_gradients, check_precision, check_saving
 
-import koala.registry  # noqa: F401  (registers koala's layers, as a user does before load_model)
 from koala.core.errors import KoalaError
 from koala.ops import perceptual
 from koala.tasks.codec import model as C
@@ -94,7 +95,7 @@ def test_config_round_trip():
                 "decoder_res_blocks", "loss_preset", "theta", "perceptual_net",
                 "perceptual_weights", "perceptual_layer", "perceptual_size", "contrast_weight"):
         assert key in config
-    again = C.InvertibleGrayscale.from_config(keras.tree.map_structure(lambda x: x, config))
+    again = check_config_round_trip(model, images(2, 32, 32))
     assert again.config == model.config and again.name == "ig"
     assert dataclasses.asdict(again.config)["encoder_res_blocks"] == (1, 2, 1)
 
@@ -105,32 +106,25 @@ def test_config_round_trip():
 def test_save_and_load(small, tmp_path, monkeypatch):
     x = images(2, 32, 32)
     expected = small.predict(x, verbose=0)
+
+    # Loading must never build a perceptual network.
+    def forbidden(*args, **kwargs):
+        raise AssertionError("load_model built a perceptual network")
+
+    monkeypatch.setattr(perceptual, "feature_extractor", forbidden)
     small.set_stage(2)
     try:
         path = tmp_path / "codec.keras"
-        small.save(path)
-        bare_size = path.stat().st_size
-
-        # Loading must never build a perceptual network.
-        def forbidden(*args, **kwargs):
-            raise AssertionError("load_model built a perceptual network")
-
-        monkeypatch.setattr(perceptual, "feature_extractor", forbidden)
-        loaded = keras.saving.load_model(path)
-        assert isinstance(loaded, C.InvertibleGrayscale) and loaded.config == small.config
+        loaded = check_saving(small, x, path)  # outputs {"gray", "restored"} equal
+        assert loaded.config == small.config
         assert loaded.current_stage() == 2 and loaded.get_perceptual() is None
-        got = loaded.predict(x, verbose=0)
-        for key in ("gray", "restored"):
-            np.testing.assert_allclose(got[key], expected[key], atol=1e-6)
         # Small: about 4 bytes per weight, nothing more.
-        assert bare_size < 4 * small.count_params() + 200_000
+        assert path.stat().st_size < 4 * small.count_params() + 200_000
     finally:
         small.set_stage(1)
 
     for part, value in (("encoder", x), ("decoder", expected["gray"])):
-        part_path = tmp_path / f"{part}.keras"
-        getattr(small, part).save(part_path)
-        alone = keras.saving.load_model(part_path)
+        alone = check_saving(getattr(small, part), value, tmp_path / f"{part}.keras")
         key = "gray" if part == "encoder" else "restored"
         np.testing.assert_allclose(alone.predict(value, verbose=0), expected[key], atol=1e-6)
 
@@ -151,12 +145,6 @@ def test_attached_perceptual_net_is_not_part_of_the_model(tmp_path):
 # --- training ----------------------------------------------------------------------------------
 
 
-def trainable_gradients(model, x):
-    with tf.GradientTape() as tape:
-        _, loss = model.compute_terms(x, training=True)
-    return model.trainable_variables, tape.gradient(loss, model.trainable_variables)
-
-
 @pytest.mark.parametrize("kwargs", [{"contrast_weight": 0.0}, PERCEPTUAL],
                          ids=["no_contrast", "mobilenet_none"])
 def test_every_trainable_weight_gets_a_gradient(kwargs):
@@ -165,12 +153,13 @@ def test_every_trainable_weight_gets_a_gradient(kwargs):
     if model.config.needs_perceptual:
         model.set_perceptual(model.make_perceptual())
     model.set_stage(2)
-    variables, grads = trainable_gradients(model, images(2, 32, 32))
-    assert len(variables) == len(model.encoder.trainable_weights) + len(
+    assert len(model.trainable_variables) == len(model.encoder.trainable_weights) + len(
         model.decoder.trainable_weights)
-    for var, grad in zip(variables, grads, strict=True):
-        assert grad is not None, var.path
-        assert np.all(np.isfinite(grad)) and np.any(grad.numpy() != 0), var.path
+    # Frozen: the stage counter (the perceptual net is not one of the model's weights).
+    assert [v.path for v in model.non_trainable_weights] == ["invertible_grayscale/stage"]
+    x = images(2, 32, 32)
+    check_gradients(model, lambda: model.compute_terms(x, training=True)[1],
+                    trainable=model.trainable_variables)
 
 
 def test_contrast_without_perceptual_net_is_a_clear_error():
@@ -231,15 +220,12 @@ def test_mixed_precision_updates_match_float32():
 def test_output_convs_are_float32_under_bfloat16():
     # bfloat16 keeps 8 significant bits: a bfloat16 conv before the tanh would hold G to
     # steps of ~0.5 grey levels near white, too coarse for the 8-bit levels L_Q aims at.
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        model = C.codec_small(contrast_weight=0.0)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    for part in (model.encoder, model.decoder):
-        assert part.get_layer("conv_in").compute_dtype == "bfloat16"
-        assert part.get_layer("conv_out").compute_dtype == "float32"
-    out = model(images(1, 32, 32, seed=4))
+    # Everything else (conv_in and the residual blocks included) computes in bfloat16.
+    float32_layers = [f"{part}/{name}" for part, out in (("encoder", "gray"),
+                                                         ("decoder", "rgb"))
+                      for name in ("conv_out", "tanh", out)]
+    _, out = check_precision(lambda: C.codec_small(contrast_weight=0.0),
+                             images(1, 32, 32, seed=4), float32_layers=float32_layers)
     assert out["gray"].dtype == "float32" and out["restored"].dtype == "float32"
 
 

@@ -1,12 +1,12 @@
-"""ColorGAN (koala.tasks.colorize.models.colorgan): sizes, sampling, serialisation, losses, training."""
+"""ColorGAN (koala.tasks.colorize.models.colorgan): sizes, sampling, the shared model checks
+(config and .keras round trips, each player's gradients, bfloat16), losses, training."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import nonzero_gradients
+from model_checks import check_config_round_trip, check_gradients, check_precision, check_saving
 
-import koala.registry  # noqa: F401  (registers koala's layers, as a user does before load_model)
 from koala.core.errors import KoalaError
 from koala.ops import perceptual
 from koala.tasks.colorize.models import colorgan as C
@@ -78,6 +78,8 @@ def test_config_checks_and_round_trip(small):
     config = {k: v for k, v in small.get_config().items() if k not in ("name", "trainable")}
     assert isinstance(config["widths"], list)  # JSON-friendly
     assert C.ColorGANConfig(**config) == small.config
+    l, _ = lab_batch()
+    assert check_config_round_trip(small, l).config == small.config
     for bad in ({"n_critic": 0}, {"critic_norm": "batch"}, {"perceptual_net": "resnet"},
                 {"l1_weight": -1.0}, {"widths": (16,)}, {"perceptual_size": -1}):
         with pytest.raises(ValueError):
@@ -111,12 +113,10 @@ def test_sample_is_reproducible_and_call_draws_fresh_noise(small):
 
 def test_generator_save_and_load(small, tmp_path):
     l, _ = lab_batch()
-    path = tmp_path / "generator.keras"
-    small.generator.save(path)
-    loaded = keras.saving.load_model(path)
+    # A call draws fresh noise: compare seeded samples.
+    loaded = check_saving(small.generator, l, tmp_path / "generator.keras",
+                          call=lambda m: m.sample(l, seed=3))
     assert isinstance(loaded, C.ColorGenerator) and loaded.widths == small.generator.widths
-    np.testing.assert_allclose(loaded.sample(l, seed=3).numpy(),
-                               small.generator.sample(l, seed=3).numpy(), atol=1e-6)
     assert loaded.predict(l, verbose=0).shape == (2, 32, 32, 2)
 
 
@@ -126,20 +126,17 @@ def test_colorgan_save_and_load_with_optimizers(tmp_path, monkeypatch):
     model.compile(*C.default_optimizers(), run_eagerly=True)  # no tracing: fast
     l, ab = lab_batch()
     model.train_on_batch({"l": l}, ab)
-    path = tmp_path / "colorgan.keras"
-    model.save(path)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("load_model built a perceptual network")
 
     monkeypatch.setattr(perceptual, "feature_extractor", forbidden)
-    loaded = keras.saving.load_model(path)
+    lab = np.concatenate([l, ab], -1)
+    # Both players: the generator's seeded samples and the critic's scores.
+    loaded = check_saving(model, l, tmp_path / "colorgan.keras",
+                          call=lambda m: (m.sample(l, seed=5), m.critic(lab)))
     assert isinstance(loaded, C.ColorGAN) and loaded.config == model.config
     assert loaded.get_perceptual() is None
-    np.testing.assert_allclose(loaded.sample(l, seed=5).numpy(),
-                               model.sample(l, seed=5).numpy(), atol=1e-6)
-    np.testing.assert_allclose(loaded.critic(np.concatenate([l, ab], -1)).numpy(),
-                               model.critic(np.concatenate([l, ab], -1)).numpy(), atol=1e-6)
     # Both optimizers come back with their state (a resumed run continues them).
     assert int(loaded.optimizer.iterations) == 1 == int(loaded.d_optimizer.iterations)
     assert loaded.d_optimizer.learning_rate.numpy() == pytest.approx(2e-4)
@@ -197,14 +194,27 @@ def test_every_trainable_weight_gets_a_gradient():
         assert all(float(terms[t]) > 0 for t in ("perceptual", "l1", "noise_feature"))
         return loss
 
-    nonzero_gradients(g_loss, g_vars)
+    # The generator's BN moving statistics are frozen: they get none.
+    check_gradients(model.generator, g_loss, trainable=g_vars)
     fake = model.generator(l, training=True)
     epsilon = tf.fill((2, 1, 1, 1), 0.3)
-    nonzero_gradients(lambda: model.critic_terms(l, ab, fake, epsilon)[1],
-                      model.critic.trainable_variables)
+    check_gradients(model.critic, lambda: model.critic_terms(l, ab, fake, epsilon)[1],
+                    trainable=model.critic.trainable_variables)
     # The penalty alone reaches every kernel (a second-order gradient).
     kernels = [v for v in model.critic.trainable_variables if "kernel" in v.path]
-    nonzero_gradients(lambda: C.gradient_penalty(model.critic, l, ab, fake, epsilon), kernels)
+    check_gradients(model.critic, lambda: C.gradient_penalty(model.critic, l, ab, fake, epsilon),
+                    trainable=kernels)
+
+
+def test_bfloat16_computes_all_but_the_outputs_in_bfloat16():
+    # The generator's ab and G_f(z) and the critic's scores are float32; nothing else is.
+    l, ab = lab_batch()
+    lab = np.concatenate([l, ab], -1)
+    _, (out, scores) = check_precision(
+        lambda: C.colorgan_small(**NO_PERCEPTUAL), l, call=lambda m: (m(l), m.critic(lab)),
+        float32_layers=("generator/network/ab", "generator/network/noise_features",
+                        "critic/score"))
+    assert out.shape == (2, 32, 32, 2) and scores.shape == (2, 8, 8, 1)
 
 
 def test_missing_perceptual_net_and_bad_compile_are_clear_errors():

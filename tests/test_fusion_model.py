@@ -1,10 +1,12 @@
-"""The Deep Koalarization fusion colorizer: shapes, parameter counts, serialisation,
-gradients, a 2-step fit, the dynamic fusion tiling and mixed precision."""
+"""The Deep Koalarization fusion colorizer: shapes, parameter counts, the shared model checks
+(config and .keras round trips, gradients, bfloat16), a 2-step fit and the dynamic fusion
+tiling."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_checks import check_config_round_trip, check_gradients, check_precision, check_saving
 
 from koala.tasks.colorize.models.fusion import (
     FusionConfig,
@@ -26,15 +28,6 @@ def random_inputs(size, dim=EMBED, batch=2, seed=0):
         "l": rng.uniform(-1, 1, (batch, size, size, 1)).astype(np.float32),
         "embedding": emb / emb.sum(-1, keepdims=True),
     }
-
-
-@pytest.fixture
-def bf16_policy():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -91,15 +84,12 @@ def test_config_validation():
         FusionConfig(filters_scale=0)
 
 
-def test_keras_file_round_trip(tmp_path):
+def test_config_and_keras_file_round_trips(tmp_path):
     model = fusion_small(image_size=32, embedding_dim=EMBED)
     inputs = random_inputs(32)
-    before = model.predict(inputs, verbose=0)
-    path = tmp_path / "fusion.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)  # no custom_objects: FusionLayer is registered
-    assert isinstance(loaded.get_layer("fusion"), FusionLayer)
-    np.testing.assert_allclose(loaded.predict(inputs, verbose=0), before, atol=1e-6)
+    check_config_round_trip(model, inputs)
+    loaded = check_saving(model, inputs, tmp_path / "fusion.keras")
+    assert isinstance(loaded.get_layer("fusion"), FusionLayer)  # registered: no custom_objects
 
 
 def test_fusion_layer_config_round_trip():
@@ -115,18 +105,12 @@ def test_every_trainable_weight_gets_a_gradient():
     model = fusion_small(image_size=32, embedding_dim=EMBED)
     inputs = random_inputs(32)
     target = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 2)).astype(np.float32)
-    with tf.GradientTape() as tape:
-        loss = keras.losses.mean_squared_error(target, model(inputs, training=True))
-        loss = tf.reduce_mean(loss)
-    trainable = model.trainable_weights
-    grads = tape.gradient(loss, trainable + model.non_trainable_weights)
-    for weight, grad in zip(trainable, grads[: len(trainable)], strict=True):
-        assert grad is not None and np.any(grad.numpy() != 0), weight.path
-    # The only frozen weights are BN moving statistics (2 per BN layer), and they get none.
+    # The only frozen weights are BN moving statistics (2 per BN layer); they get none.
     frozen = model.non_trainable_weights
     assert len(frozen) == 2 * 5
     assert all("moving_" in w.path for w in frozen)
-    assert all(g is None for g in grads[len(trainable):])
+    check_gradients(model, lambda: tf.reduce_mean(
+        keras.losses.mean_squared_error(target, model(inputs, training=True))))
 
 
 def test_two_training_steps():
@@ -169,13 +153,12 @@ def test_fusion_tiling_is_dynamic():
     np.testing.assert_array_equal(odd[:, 2, 4, 32:], vector)
 
 
-def test_mixed_precision_output_is_float32(bf16_policy):
-    model = fusion_small(image_size=32, embedding_dim=EMBED)
-    assert model.get_layer("enc_conv1").compute_dtype == "bfloat16"
-    assert model.outputs[0].dtype == "float32"
-    ab = model(random_inputs(32), training=False)
-    assert ab.dtype == tf.float32 and ab.shape == (2, 32, 32, 2)
-    assert np.all(np.abs(ab.numpy()) <= 1.0)
+def test_bfloat16_computes_all_but_the_output_in_bfloat16():
+    # The tanh and the last upsampling run in float32: the output is float32.
+    _, ab = check_precision(lambda: fusion_small(image_size=32, embedding_dim=EMBED),
+                            random_inputs(32), float32_layers=("ab_tanh", "ab"))
+    assert ab.shape == (2, 32, 32, 2)
+    assert np.all(np.abs(ab) <= 1.0)
 
 
 def test_saved_model_remembers_its_embedder(tmp_path):
@@ -183,16 +166,14 @@ def test_saved_model_remembers_its_embedder(tmp_path):
 
     model = fusion_lib.fusion_small(image_size=32, embedding_dim=16, embedder="mobilenet",
                                 embedder_weights="/some/weights.h5", embedder_fit="crop")
-    path = tmp_path / "m.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    loaded = check_saving(model, random_inputs(32), tmp_path / "m.keras")
     assert isinstance(loaded, fusion_lib.FusionColorizer)
     assert loaded.config == model.config
     assert (loaded.config.embedder, loaded.config.embedder_weights, loaded.config.embedder_fit) \
         == ("mobilenet", "/some/weights.h5", "crop")
 
 
-def test_plain_load_model_after_import_koala(tmp_path):
+def test_plain_load_model_after_import_koala_registry(tmp_path):
     import subprocess
     import sys
 
@@ -202,7 +183,8 @@ def test_plain_load_model_after_import_koala(tmp_path):
     path, sr_path = tmp_path / "m.keras", tmp_path / "sr.keras"
     fusion_lib.fusion_small(image_size=32, embedding_dim=16).save(path)
     sr.fsrcnn_small().save(sr_path)
-    code = (f"import keras, koala; m = keras.saving.load_model({str(path)!r}); "
+    # koala.registry imports every family, which registers its layers (koala stays cheap).
+    code = (f"import keras, koala.registry; m = keras.saving.load_model({str(path)!r}); "
             f"s = keras.saving.load_model({str(sr_path)!r}); "
             "print(type(m).__name__, m.config.image_size, type(s).__name__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,5 +1,6 @@
-"""Lal et al.'s adversarial colorization with classification (koala.tasks.colorize.models.lal): sizes,
-the colorize tool, serialisation, gradients, training, and the unbuilt semantic loss."""
+"""Lal et al.'s adversarial colorization with classification (koala.tasks.colorize.models.lal):
+sizes, the colorize tool, the shared model checks (config and .keras round trips, each
+player's gradients, bfloat16), training, and the unbuilt semantic loss."""
 
 import json
 import os
@@ -11,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import nonzero_gradients, smooth_image
+from conftest import smooth_image
+from model_checks import check_config_round_trip, check_gradients, check_precision, check_saving
 
-import koala.registry  # noqa: F401  (registers koala's layers, as a user does before load_model)
 from koala.ops import color
 from koala.tasks.colorize.inference import Colorizer, colorize
 from koala.tasks.colorize.models import colorgan
@@ -131,15 +132,12 @@ def test_save_and_load_with_both_optimizers(tmp_path):
     model.compile(run_eagerly=True)  # defaults: WGAN-GP's Adam pair; no tracing: fast
     x, ab = batch()
     model.train_on_batch(x, ab)
-    path = tmp_path / "lal.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    lab = np.concatenate([x["l"], ab], -1)
+    # Both players: the generator's ab and the critic's scores.
+    loaded = check_saving(model, x, tmp_path / "lal.keras",
+                          call=lambda m: (m(x, training=False), m.critic(lab)))
     assert isinstance(loaded, L.LalColorizer)
     assert loaded.config == model.config and loaded.lal_config == model.lal_config
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
-                               atol=1e-6)
-    lab = np.concatenate([x["l"], ab], -1)
-    np.testing.assert_allclose(loaded.critic(lab).numpy(), model.critic(lab).numpy(), atol=1e-6)
     # Both optimizers come back with their settings and state (a resumed run continues them).
     assert int(loaded.optimizer.iterations) == 1 == int(loaded.d_optimizer.iterations)
     for opt in (loaded.optimizer, loaded.d_optimizer):
@@ -151,7 +149,7 @@ def test_save_and_load_with_both_optimizers(tmp_path):
     # get_config is JSON-friendly and round-trips.
     config = model.get_config()
     assert isinstance(config["critic_widths"], list) and "head" not in config
-    assert L.LalColorizer.from_config(config).lal_config == model.lal_config
+    assert check_config_round_trip(model, x).lal_config == model.lal_config
 
 
 # --- losses ----------------------------------------------------------------------------------
@@ -170,17 +168,20 @@ def test_every_trainable_weight_gets_a_gradient():
         np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
         return loss
 
-    nonzero_gradients(g_loss, g_vars)
+    # The generator's BN moving statistics are frozen: they get none.
+    check_gradients(model.generator, g_loss, trainable=g_vars)
     # The adversarial term alone reaches the generator too (through the annealed mean).
-    nonzero_gradients(lambda: model.generator_terms(x, ab)[0]["g_adv"], g_vars)
+    check_gradients(model.generator, lambda: model.generator_terms(x, ab)[0]["g_adv"],
+                    trainable=g_vars)
     fake = model(x, training=True)
     epsilon = tf.fill((2, 1, 1, 1), 0.3)
     critic_vars = model.critic.trainable_variables
-    nonzero_gradients(lambda: model.critic_terms(x["l"], ab, fake, epsilon)[1], critic_vars)
+    check_gradients(model.critic, lambda: model.critic_terms(x["l"], ab, fake, epsilon)[1],
+                    trainable=critic_vars)
     # The penalty alone reaches every kernel (a second-order gradient).
     kernels = [v for v in critic_vars if "kernel" in v.path]
-    nonzero_gradients(lambda: colorgan.gradient_penalty(
-        model.critic, L._pool(x["l"]), L._pool(ab), L._pool(fake), epsilon), kernels)
+    check_gradients(model.critic, lambda: colorgan.gradient_penalty(
+        model.critic, L._pool(x["l"]), L._pool(ab), L._pool(fake), epsilon), trainable=kernels)
 
 
 # --- training --------------------------------------------------------------------------------
@@ -220,6 +221,17 @@ def test_n_critic_and_compile_errors():
     adam = keras.optimizers.Adam()
     with pytest.raises(ValueError, match="two optimizer"):
         model.compile(adam, adam)
+
+
+def test_bfloat16_computes_all_but_the_outputs_in_bfloat16():
+    # The generator's decoding from the softmax on and the critic's scores are float32.
+    x, ab = batch()
+    lab = tf.concat([L._pool(x["l"]), L._pool(ab)], -1)
+    _, (out, scores) = check_precision(
+        small, x, call=lambda m: (m(x), m.critic(lab)),
+        float32_layers=("generator/probs", "generator/ab_mean", "generator/ab_norm",
+                        "generator/ab_clip", "generator/ab", "critic/score"))
+    assert out.shape == (2, SIZE, SIZE, 2) and scores.shape == (2, SIZE // 8, SIZE // 8, 1)
 
 
 def test_mixed_float16_wraps_both_optimizers():

@@ -1,10 +1,12 @@
 """Super-resolution models (SRCNN, FSRCNN, auto-encoder): shapes, parameter counts pinned from
-the papers' layer tables, compute, serialisation, gradients, a 2-step fit, mixed precision."""
+the papers' layer tables, compute, the shared model checks (config and .keras round trips,
+gradients, bfloat16) and a 2-step fit."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_checks import check_config_round_trip, check_gradients, check_precision, check_saving
 
 from koala.tasks.sr import models as sr
 from koala.tasks.sr.models import (
@@ -25,6 +27,12 @@ SMALL = {
     "fsrcnn": (sr.fsrcnn_small, 8),  # x3: output 24 px
     "sr_autoencoder": (sr.sr_autoencoder_small, 16),
 }
+# The layers that run in float32 under mixed precision: the last conv (and the residual sum).
+FLOAT32_LAYERS = {
+    "srcnn": ("output",),
+    "fsrcnn": ("output",),
+    "sr_autoencoder": ("output", "global_residual"),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -32,16 +40,6 @@ def _seed():
     # Weight init and data are seeded: a ReLU unit dead on all the random data would get a
     # zero gradient, so the "every weight learns" checks need reproducible weights.
     keras.utils.set_random_seed(0)
-
-
-@pytest.fixture
-def bf16_policy():
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def images(shape, seed=0):
@@ -108,13 +106,10 @@ def test_x3_deconvolution_is_centred():
 
 
 @pytest.mark.parametrize("family", sorted(SMALL))
-def test_mixed_precision_output_is_float32(family, bf16_policy):
+def test_bfloat16_computes_all_but_the_output_in_bfloat16(family):
     build, size = SMALL[family]
-    model = build()
-    assert model.layers[1].compute_dtype == "bfloat16"
-    assert model.get_layer("output").compute_dtype == "float32"
-    out = model(images((2, size, size, 1)))
-    assert out.dtype == tf.float32
+    model, out = check_precision(build, images((2, size, size, 1)),
+                                 float32_layers=FLOAT32_LAYERS[family])
     assert out.shape == (2, output_size(model, size), output_size(model, size), 1)
 
 
@@ -239,19 +234,14 @@ def test_initialisation_follows_the_papers():
 
 
 @pytest.mark.parametrize("family", sorted(SMALL))
-def test_keras_file_round_trip(family, tmp_path):
+def test_config_and_keras_file_round_trips(family, tmp_path):
     build, size = SMALL[family]
     model = build(channels=3, scale=2)
     x = images((2, size, size, 3))
-    before = model.predict(x, verbose=0)
-    path = tmp_path / f"{family}.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)  # no custom_objects: the classes are registered
-    assert type(loaded) is type(model) and loaded.name == family
+    assert check_config_round_trip(model, x).config == model.config
+    loaded = check_saving(model, x, tmp_path / f"{family}.keras")
+    assert loaded.name == family
     assert loaded.config == model.config and loaded.config.scale == 2
-    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), before, atol=1e-6)
 
 
 def test_registered_names():
@@ -270,12 +260,8 @@ def test_every_trainable_weight_gets_a_gradient(family):
     x = images((2, size, size, 1))
     out_size = output_size(model, size)
     target = images((2, out_size, out_size, 1), seed=1)
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(tf.square(model(x, training=True) - target))
-    grads = tape.gradient(loss, model.trainable_weights)
     assert model.non_trainable_weights == []
-    for weight, grad in zip(model.trainable_weights, grads, strict=True):
-        assert grad is not None and np.any(grad.numpy() != 0), weight.path
+    check_gradients(model, lambda: tf.reduce_mean(tf.square(model(x, training=True) - target)))
     if family == "fsrcnn":  # PReLU slopes are trainable weights: 1 + 1 + m + 1 = 5 of them
         assert sum(w.path.endswith("/alpha") for w in model.trainable_weights) == 5
 
