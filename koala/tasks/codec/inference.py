@@ -68,6 +68,7 @@ from koala.core import saving as models
 from koala.core import tiling
 from koala.core.errors import KoalaError
 from koala.ops import color, images
+from koala.tasks.codec import model as _model  # noqa: F401  (registers InvertibleGrayscale)
 
 __all__ = [
     "ALIGN",
@@ -329,7 +330,7 @@ def load_part(path, part: str) -> keras.Model:
     Raises:
       KoalaError: the file is missing or not a Keras model, or holds the wrong half.
     """
-    model = models.load(path, (keras.Model,), "a Keras model")
+    model = models.load(path, (keras.Model,), "an InvertibleGrayscale codec or one half of one")
     return select_part(model, part, source=os.fspath(path))
 
 
@@ -339,7 +340,7 @@ def load_codec(path) -> tuple[keras.Model, keras.Model]:
     Raises:
       KoalaError: the file is missing, not a Keras model, or not a whole codec (e.g. one half).
     """
-    model = models.load(path, (keras.Model,), "a Keras model")
+    model = models.load(path, (keras.Model,), "an InvertibleGrayscale codec or one half of one")
     if not _is_whole(model):
         channels = _channels(model)
         what = next((f"a codec {p} alone" for p, c in PARTS.items() if c == channels),
