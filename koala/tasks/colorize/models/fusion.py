@@ -352,7 +352,7 @@ def rebalanced_cross_entropy(probs, ab, *, bins, class_weights=None,
 
 
 class _Untracked:
-    """A box Keras does not look into (as in koala/models/codec.py): a Keras model held
+    """A box Keras does not look into (as in koala/tasks/codec/model.py): a Keras model held
     here is not tracked as a sub-model, so its layers are not saved a second time."""
 
     __slots__ = ("value",)
