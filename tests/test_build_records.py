@@ -249,11 +249,22 @@ def test_cli_end_to_end(tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
-def test_cli_rejects_bad_flags(tmp_path):
-    proc = _cli("--fit=stretch", f"--input_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}")
-    assert proc.returncode != 0 and "--fit" in proc.stderr
-    proc = _cli(f"--input_dir={tmp_path}")
-    assert proc.returncode != 0 and "--output_dir is required" in proc.stderr
+def _main(*args):
+    """koala.cli.build_records.main in-process (a fresh FlagValues each call): its status."""
+    from koala.cli import build_records, common
+
+    try:
+        return build_records.main(["koala.build_records", *map(str, args)])
+    except common.Exit as e:
+        return e.status
+
+
+def test_cli_rejects_bad_flags(tmp_path, capsys):
+    assert _main("--fit=stretch", f"--input_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}") \
+        == 2
+    assert "--fit" in capsys.readouterr().err
+    assert _main(f"--input_dir={tmp_path}") == 2
+    assert "--output_dir is required" in capsys.readouterr().err
 
 
 def test_broken_and_odd_files_from_make_odd_files(tmp_path, mobilenet_none):

@@ -319,14 +319,23 @@ def test_cli_writes_the_prior_and_fails_in_one_line(records, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ab prior: 3 images" in result.stdout and str(out) in result.stdout
     assert load_prior(out).examples == 3
+
+
+
+def test_cli_missing_records_is_one_line_in_process(tmp_path, capsys):
+    from koala.cli import bin_prior, common
+
     missing = tmp_path / "nope"
-    cmd = [sys.executable, str(REPO / "data_prep" / "bin_prior.py"), f"--records={missing}",
-           f"--output={out}"]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "no shards found" in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    try:
+        status = bin_prior.main(["bin_prior", f"--records={missing}",
+                                 f"--output={tmp_path / 'prior.npz'}"])
+    except common.Exit as e:
+        status = e.status
+    assert status == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no shards found" in errors[0], err
+    assert "Traceback" not in err
 
 
 def test_module_constants_are_the_papers():
