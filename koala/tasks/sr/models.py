@@ -155,9 +155,15 @@ FSRCNN_KERNELS = {"feature": 5, "map": 3, "deconv": 9}
 AE_KERNEL = 3  # every auto-encoder conv and deconv is 3x3
 
 
-def _positive(name, value):
+def _positive_int(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _positive(config, *names):
+    """ValueError unless each named field of ``config`` is a positive integer."""
+    for name in names:
+        _positive_int(name, getattr(config, name))
 
 
 # ----------------------------------------------------------------------------------------
@@ -187,12 +193,11 @@ class SRCNNConfig:
         # Lists arrive from a reloaded .keras file's JSON: store tuples, so configs compare.
         object.__setattr__(self, "filters", tuple(self.filters))
         object.__setattr__(self, "kernels", tuple(self.kernels))
-        for name in ("channels", "scale"):
-            _positive(name, getattr(self, name))
+        _positive(self, "channels", "scale")
         for f in self.filters:
-            _positive("filters", f)
+            _positive_int("filters", f)
         for k in self.kernels:
-            _positive("kernels", k)
+            _positive_int("kernels", k)
             if k % 2 == 0:
                 raise ValueError(f"kernels must be odd, got {self.kernels}")
         if len(self.kernels) != len(self.filters) + 1:
@@ -231,8 +236,7 @@ class FSRCNNConfig:
     channels: int = 1
 
     def __post_init__(self):
-        for name in ("d", "s", "scale", "channels"):
-            _positive(name, getattr(self, name))
+        _positive(self, "d", "s", "scale", "channels")
         if not isinstance(self.m, int) or isinstance(self.m, bool) or self.m < 0:
             raise ValueError(f"m must be a non-negative integer, got {self.m!r}")
 
@@ -256,8 +260,7 @@ class AutoencoderConfig:
     scale: int = 3
 
     def __post_init__(self):
-        for name in ("depth", "filters", "channels", "scale"):
-            _positive(name, getattr(self, name))
+        _positive(self, "depth", "filters", "channels", "scale")
 
     upsampled_input: ClassVar[bool] = True  # it takes the bicubic-upscaled low-res image
     border: ClassVar[int] = 0  # every layer keeps the size
