@@ -60,3 +60,17 @@ def mobilenet_none():
 
     return Embedder("mobilenet", "none", batch_size=4)
 
+
+
+def cli_main(tool: str, *args) -> int:
+    """``koala.cli.<tool>.main`` in-process on ``python -m koala.<tool> ARGS`` (a fresh
+    FlagValues each call): the exit status the command would end with."""
+    import importlib
+
+    from koala.cli import common
+
+    module = importlib.import_module(f"koala.cli.{tool}")
+    try:
+        return module.main([f"koala.{tool}", *map(str, args)])
+    except common.Exit as e:
+        return e.status

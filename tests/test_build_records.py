@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_photo_folder, smooth_image, write_image
+from conftest import cli_main, make_photo_folder, smooth_image, write_image
 
 from koala.core.errors import RecordsError
 from koala.data import build, features
@@ -249,21 +249,11 @@ def test_cli_end_to_end(tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
-def _main(*args):
-    """koala.cli.build_records.main in-process (a fresh FlagValues each call): its status."""
-    from koala.cli import build_records, common
-
-    try:
-        return build_records.main(["koala.build_records", *map(str, args)])
-    except common.Exit as e:
-        return e.status
-
-
 def test_cli_rejects_bad_flags(tmp_path, capsys):
-    assert _main("--fit=stretch", f"--input_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}") \
-        == 2
+    assert cli_main("build_records", "--fit=stretch", f"--input_dir={tmp_path}",
+                    f"--output_dir={tmp_path / 'o'}") == 2
     assert "--fit" in capsys.readouterr().err
-    assert _main(f"--input_dir={tmp_path}") == 2
+    assert cli_main("build_records", f"--input_dir={tmp_path}") == 2
     assert "--output_dir is required" in capsys.readouterr().err
 
 

@@ -10,7 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import make_photo_folder, smooth_image, write_image
+from conftest import cli_main, make_photo_folder, smooth_image, write_image
 from PIL import Image
 
 from koala.core.errors import KoalaError
@@ -275,23 +275,12 @@ def test_cli_encode_then_decode_a_folder_with_bad_files(tmp_path, small):
 
 
 @pytest.mark.slow
-def _main(*args):
-    """koala.cli.codec.main in-process (a fresh FlagValues each call): its exit status."""
-    from koala.cli import codec as codec_cli
-    from koala.cli import common
-
-    try:
-        return codec_cli.main(["koala.codec", *map(str, args)])
-    except common.Exit as e:
-        return e.status
-
-
 def test_cli_wrong_half_and_export(tmp_path, small, capsys):
     small.save(tmp_path / "codec.keras")
     small.encoder.save(tmp_path / "encoder_only.keras")
     write_image(tmp_path / "x.png", smooth_image(16, 16)[..., 0])
-    assert _main("decode", tmp_path / "x.png", "-o", tmp_path / "out", "--model",
-                 tmp_path / "encoder_only.keras") == 2
+    assert cli_main("codec", "decode", tmp_path / "x.png", "-o", tmp_path / "out", "--model",
+                    tmp_path / "encoder_only.keras") == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {tmp_path / 'encoder_only.keras'} is a codec encoder (3-channel "
@@ -299,11 +288,13 @@ def test_cli_wrong_half_and_export(tmp_path, small, capsys):
                       "InvertibleGrayscale model"]
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
-    assert _main("export", "--model", tmp_path / "codec.keras", "-o", tmp_path / "halves") == 0
+    assert cli_main("codec", "export", "--model", tmp_path / "codec.keras", "-o",
+                    tmp_path / "halves") == 0
     assert sorted(p.name for p in (tmp_path / "halves").iterdir()) == ["decoder.keras",
                                                                        "encoder.keras"]
     decoder = keras.saving.load_model(tmp_path / "halves" / "decoder.keras")
     gray = smooth_image(12, 20)[..., 0]
     np.testing.assert_array_equal(codec.decode(decoder, gray), codec.decode(small.decoder, gray))
-    assert _main("shrink", tmp_path / "x.png", "-o", tmp_path / "o", "--model", "m.keras") == 2
+    assert cli_main("codec", "shrink", tmp_path / "x.png", "-o", tmp_path / "o", "--model",
+                    "m.keras") == 2
     assert "the first argument is the command" in capsys.readouterr().err

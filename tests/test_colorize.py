@@ -11,11 +11,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import smooth_image, write_image
+from conftest import cli_main, smooth_image, write_image
 from PIL import Image
 
-from koala.cli import colorize as colorize_cli
-from koala.cli import common
 from koala.cli.colorize import output_paths
 from koala.core.errors import KoalaError
 from koala.ops import color, geometry
@@ -297,15 +295,7 @@ def test_output_paths(tmp_path):
         output_paths([tmp_path / "nope"], out)
 
 
-# --- Command line: main(argv) in-process, plus one subprocess smoke test ---------------------
-
-def main(*args):
-    """koala.cli.colorize.main in-process: its exit status."""
-    try:
-        return colorize_cli.main(["koala.colorize", *map(str, args)])
-    except common.Exit as e:
-        return e.status
-
+# --- Command line: main(argv) in-process (conftest.cli_main), one subprocess smoke test ------
 
 def run_cli(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -339,7 +329,7 @@ def test_cli_folder_with_a_bad_file(tmp_path, saved_model):
 def test_cli_missing_model_is_a_one_line_error(tmp_path, capsys):
     write_image(tmp_path / "x.png", smooth_image(16, 16))
     missing = tmp_path / "missing.keras"
-    assert main(tmp_path / "x.png", "-o", tmp_path / "out", "--model", missing) == 2
+    assert cli_main("colorize", tmp_path / "x.png", "-o", tmp_path / "out", "--model", missing) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: model file not found: {missing}"]
@@ -351,8 +341,8 @@ def test_cli_guided_refinement(tmp_path, saved_model, colorizer):
     rgb = smooth_image(36, 52, seed=13)
     write_image(tmp_path / "in.png", rgb)
     out = tmp_path / "out"
-    assert main(tmp_path / "in.png", "-o", out, "--model", saved_model[1],
-                "--refine=guided", "--radius=8", "--eps=1e-3", "--noprogress") == 0
+    assert cli_main("colorize", tmp_path / "in.png", "-o", out, "--model", saved_model[1],
+                    "--refine=guided", "--radius=8", "--eps=1e-3", "--noprogress") == 0
     got = load_image(out / "in_color.png").rgb
     expected = colorizer.colorize(rgb, refine="guided", radius=8, eps=1e-3)
     assert got.shape == (36, 52, 3)

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_photo_folder
+from conftest import cli_main, make_photo_folder
 
 from koala import registry
 from koala.core import trainer as training
@@ -163,22 +163,14 @@ def test_cli_flagfile_and_reproduction(records, tmp_path):
     assert "done: 0 epoch(s)" in again.stdout
 
 
-def _main(*args):
-    """koala.cli.train.main in-process (a fresh FlagValues each call): its exit status."""
-    from koala.cli import common, train
-
-    try:
-        return train.main(["koala.train", *map(str, args)])
-    except common.Exit as e:
-        return e.status
-
-
 def test_cli_rejects_bad_flags(tmp_path, capsys):
-    assert _main("--lr_boundaries=150,100", "--train_records=x", f"--workdir={tmp_path}") == 2
+    assert cli_main("train", "--lr_boundaries=150,100", "--train_records=x",
+                    f"--workdir={tmp_path}") == 2
     assert "--lr_boundaries" in capsys.readouterr().err
-    assert _main("--mixed_precision=fp8", "--train_records=x", f"--workdir={tmp_path}") == 2
+    assert cli_main("train", "--mixed_precision=fp8", "--train_records=x",
+                    f"--workdir={tmp_path}") == 2
     assert "mixed_precision" in capsys.readouterr().err
-    assert _main(f"--workdir={tmp_path}") == 2
+    assert cli_main("train", f"--workdir={tmp_path}") == 2
     assert "train_records" in capsys.readouterr().err
 
 
@@ -229,8 +221,8 @@ def test_sr_models_train_through_koala_train(records, tmp_path, model_name, upsa
 
 def test_cli_smoke_srcnn_flagfile(records, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    assert _main("--flagfile=experiments/smoke_srcnn.flags", f"--train_records={records}",
-                 f"--workdir={tmp_path / 'run'}") == 0
+    assert cli_main("train", "--flagfile=experiments/smoke_srcnn.flags",
+                    f"--train_records={records}", f"--workdir={tmp_path / 'run'}") == 0
     assert log_epochs(tmp_path / "run") == [0, 1]
     model = keras.saving.load_model(tmp_path / "run" / "best.keras")
     assert type(model).__name__ == "SRCNN" and model.config.scale == 3
