@@ -228,6 +228,16 @@ def test_cli_smoke_srcnn_flagfile(records, tmp_path, monkeypatch):
     assert type(model).__name__ == "SRCNN" and model.config.scale == 3
 
 
+def test_cli_nan_in_the_first_epoch_says_there_is_no_backup(records, tmp_path, monkeypatch,
+                                                             capsys):
+    monkeypatch.chdir(REPO)
+    assert cli_main("train", "--flagfile=experiments/smoke_srcnn.flags",
+                    f"--train_records={records}", f"--workdir={tmp_path / 'run'}",
+                    "--learning_rate=1e30", "--epochs=1") == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: training stopped") and "no backup" in err, err
+
+
 def _train_flags():
     """A fresh FlagValues with koala.cli.train's flags."""
     from absl import flags

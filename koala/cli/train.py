@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 from absl import flags
 
@@ -188,8 +189,10 @@ def main(argv) -> int:
     except KoalaError as e:
         return common.error(str(e))
     except RuntimeError as e:  # TerminateOnNaN(raise_error=True)
-        return common.error(f"training stopped: {e} (the backup in {run.workdir}/backup is "
-                            f"kept)", 3)
+        backup = os.path.join(run.workdir, "backup")
+        kept = (f"the backup in {backup} is kept" if os.path.isdir(backup) and os.listdir(backup)
+                else "no epoch had finished, so there is no backup to resume from")
+        return common.error(f"training stopped: {e} ({kept})", 3)
     print(f"done: {len(history.epoch)} epoch(s) this run; checkpoints in {run.workdir} "
           f"(best.keras, last.keras), log {run.workdir}/log.csv")
     return 0

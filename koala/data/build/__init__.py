@@ -30,8 +30,8 @@ worker's run deletes a merged ``manifest.json`` it would make stale; run the mer
 ``num_workers == 1`` (the default) a build is a single build.
 """
 
-from koala.data.build.merge import merge
 from koala.data.build import plan
+from koala.data.build.merge import merge
 from koala.data.build.plan import *  # noqa: F403  (its __all__: settings, layout, hashing)
 from koala.data.build.writer import (
     Builder,
