@@ -97,12 +97,3 @@ def train(run: RunConfig, cfg=None, **kwargs):
     entry, task = lookup(run.model)
     cfg = task.config_class() if cfg is None else cfg
     return trainer.train(run, cfg, entry, task, **kwargs)
-
-
-def flag_names() -> list[str]:
-    """Every setting of the run config and of any family's config (the train flags)."""
-    names = list(run_config.field_names(RunConfig))
-    for task in TASKS.values():
-        names += [n for n in run_config.field_names(task.config_class) if n not in names]
-    return names
-
