@@ -78,7 +78,17 @@ def test_unknown_flag_is_a_one_line_error(name, capsys):
 def test_missing_required_flag_is_named(capsys):
     assert _main(colorize, "in.png") == 2
     err = capsys.readouterr().err
-    assert "--output_dir" in err and "--model" in err
+    assert "--output_dir" in err and "--model" not in err  # --model defaults to a preset
+
+
+def test_no_model_and_no_preset_of_the_family_is_one_line(tmp_path, capsys):
+    """colorize has no shipped preset yet: an omitted --model says so, naming the way out."""
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "in.png")
+    assert _main(colorize, str(tmp_path / "in.png"), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "ships no colorize preset" in err and "--model PATH" in err
 
 
 def test_family_configs_agree_with_the_libraries():

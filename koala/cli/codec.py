@@ -42,8 +42,9 @@ DEFAULT_SUFFIXES = {"encode": "_gray", "decode": "_color"}
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("output_dir", None, "Folder for the PNGs (encode, decode) or the two "
                         ".keras halves (export); created.", short_name="o", flag_values=fv)
-    flags.DEFINE_string("model", None, "A whole InvertibleGrayscale model saved as .keras, or "
-                        "the one half the command needs.", flag_values=fv)
+    flags.DEFINE_string("model", None, "A preset name (python -m koala.presets), a whole "
+                        "InvertibleGrayscale model saved as .keras, or the one half the "
+                        "command needs. Default: the codec preset.", flag_values=fv)
     flags.DEFINE_integer("tile", None, "Output tile side in px, a multiple of 4 (bounds "
                          "memory; default 512); 0 runs each image whole.", lower_bound=0,
                          flag_values=fv)
@@ -61,7 +62,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def main(argv) -> int:
     fv, args = common.parse(argv, define_flags, doc=__doc__,
-                            required=("output_dir", "model"))
+                            required=("output_dir",))
     from koala.core.errors import KoalaError
     from koala.ops import grid
     from koala.tasks.codec import inference as codec
@@ -70,6 +71,8 @@ def main(argv) -> int:
         got = f" (got {args[0]!r})" if args else ""
         return common.error(f"the first argument is the command: {', '.join(COMMANDS)}{got}")
     command, inputs = args[0], args[1:]
+    if status := common.default_model(fv, "codec"):
+        return status
     if command == "export":
         if inputs:
             return common.error(f"export takes no input images, got {' '.join(inputs)}")

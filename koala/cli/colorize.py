@@ -35,8 +35,10 @@ from koala.tasks.colorize.config import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SAT
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("output_dir", None, "Folder for the colorized PNGs (created).",
                         short_name="o", flag_values=fv)
-    flags.DEFINE_string("model", None, "A koala colorizer (fusion, Lal et al. or ColorGAN) "
-                        "saved as .keras by koala.train.", flag_values=fv)
+    flags.DEFINE_string("model", None, "A preset name (python -m koala.presets) or a koala "
+                        "colorizer (fusion, Lal et al. or ColorGAN) saved as .keras by "
+                        "koala.train. Default: the recommended colorize preset.",
+                        flag_values=fv)
     flags.DEFINE_float("saturation", DEFAULT_SATURATION,
                        "Factor on the predicted a*b* (SPEC §1: 1.2; 0 gives the gray input).",
                        lower_bound=0.0, flag_values=fv)
@@ -80,13 +82,15 @@ def output_paths(inputs, output_dir, suffix: str = "_color", samples: int = 1):
 
 def main(argv) -> int:
     fv, inputs = common.parse(argv, define_flags, doc=__doc__,
-                              required=("output_dir", "model"))
+                              required=("output_dir",))
     from koala.core.errors import KoalaError
     from koala.ops import grid
     from koala.tasks.colorize.inference import Colorizer, gray_baseline
 
     if not inputs:
         return common.error("give at least one input image or folder")
+    if status := common.default_model(fv, "colorize"):
+        return status
     try:
         pairs = output_paths(inputs, fv.output_dir, fv.suffix, fv.samples)
     except KoalaError as e:

@@ -60,6 +60,21 @@ def run(main: Callable[[list[str]], int]) -> None:
     sys.exit(status)
 
 
+def default_model(fv: flags.FlagValues, family: str, *, scale: int | None = None) -> int:
+    """Sets an omitted ``--model`` to ``family``'s recommended preset (:mod:`koala.presets`).
+
+    Returns 0, or the status of a one-line error when no such preset is shipped.
+    """
+    if fv.model is None:
+        from koala import presets
+
+        try:
+            fv.model = presets.default(family, scale=scale)
+        except presets.PresetError as e:
+            return error(str(e))
+    return 0
+
+
 def error(message: str, status: int = 2) -> int:
     """Prints ``error: message`` on stderr and returns ``status`` for ``main`` to return."""
     print(f"error: {message}", file=sys.stderr)

@@ -55,8 +55,9 @@ TASK_FLAGS = {
 def define_flags(fv: flags.FlagValues) -> None:
     """The flags, on ``fv``. Defaults live in the task configs: a flag not given is None."""
     flags.DEFINE_enum("task", None, sorted(TASK_FLAGS), "What to evaluate.", flag_values=fv)
-    flags.DEFINE_multi_string("model", None, "A saved model (.keras); repeat for several "
-                              "models, which then share one table.", flag_values=fv)
+    flags.DEFINE_multi_string("model", None, "A saved model (.keras) or a preset name "
+                              "(python -m koala.presets); repeat for several models, which "
+                              "then share one table.", flag_values=fv)
     flags.DEFINE_string("images", None, "Folder of evaluation images (walked recursively), or "
                         "one image file.", flag_values=fv)
     flags.DEFINE_string("output_dir", None, "Where the report goes. Default: runs/eval/TASK.",

@@ -1,11 +1,13 @@
 r"""Super-resolves photos with a trained SR model (SRCNN, FSRCNN or the auto-encoder).
 
-  python -m koala.upscale INPUT... -o OUTDIR --model MODEL.keras \
+  python -m koala.upscale INPUT... -o OUTDIR [--model=PRESET|MODEL.keras] \
       [--scale=N] [--tile=512] [--overlap=PX] [--suffix=_x{scale}]
 
 INPUTs are image files or folders (walked recursively, sub-folders kept under OUTDIR). Each
 h x w image becomes ``OUTDIR/<subfolders>/<stem><suffix>.png`` of exactly (s*h) x (s*w),
-s = the model's scale (``{scale}`` in ``--suffix`` is replaced by it). ``--scale`` is only a
+s = the model's scale (``{scale}`` in ``--suffix`` is replaced by it). With no ``--model``,
+the shipped FSRCNN preset of ``--scale`` (default 3) is used: ``fsrcnn_x2``, ``fsrcnn_x3`` or
+``fsrcnn_x4`` (``python -m koala.presets`` lists them). With ``--model``, ``--scale`` is only a
 check: a model is trained for one factor, and a different one is an error. Big images run in
 tiles with enough context that the result equals the whole image run at once. Bad files are
 reported on stderr and skipped; the exit status is 1 if any image failed, 2 when nothing could
@@ -23,14 +25,18 @@ from koala.cli import common
 from koala.core import batch
 from koala.ops.images import DEFAULT_MAX_PIXELS
 
+DEFAULT_SCALE = 3  # the papers' headline factor; its preset is fsrcnn_x3
+
 
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("output_dir", None, "Folder for the upscaled PNGs (created).",
                         short_name="o", flag_values=fv)
-    flags.DEFINE_string("model", None, "An SR model (SRCNN, FSRCNN, SRAutoencoder) saved as "
-                        ".keras by koala.train.", flag_values=fv)
-    flags.DEFINE_integer("scale", None, "Optional check: fail unless the model upscales by "
-                         "this factor.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("model", None, "A preset name (python -m koala.presets) or an SR model "
+                        "(SRCNN, FSRCNN, SRAutoencoder) saved as .keras by koala.train. "
+                        "Default: the FSRCNN preset of --scale.", flag_values=fv)
+    flags.DEFINE_integer("scale", None, "The factor: picks the preset when --model is omitted "
+                         "(default 3); with --model, fail unless the model upscales by it.",
+                         lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("tile", None, "Output tile side in px (bounds memory; default 512); "
                          "0 runs each image whole.", lower_bound=0, flag_values=fv)
     flags.DEFINE_integer("overlap", None, "Context px around each tile (default: the model's "
@@ -53,13 +59,15 @@ def output_paths(inputs, output_dir, suffix: str):
 
 def main(argv) -> int:
     fv, inputs = common.parse(argv, define_flags, doc=__doc__,
-                              required=("output_dir", "model"))
+                              required=("output_dir",))
     from koala.core.errors import KoalaError
     from koala.ops import grid
     from koala.tasks.sr.inference import DEFAULT_TILE, Upscaler, check_scale
 
     if not inputs:
         return common.error("give at least one input image or folder")
+    if status := common.default_model(fv, "sr", scale=fv.scale or DEFAULT_SCALE):
+        return status
     tile = DEFAULT_TILE if fv.tile is None else (fv.tile or None)
     try:
         upscaler = Upscaler.load(fv.model, tile=tile, overlap=fv.overlap)

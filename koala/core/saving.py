@@ -12,6 +12,7 @@ import zipfile
 
 import keras
 
+from koala import presets
 from koala.core.errors import KoalaError
 from koala.core.io import atomic_write
 
@@ -25,11 +26,13 @@ def save(model: keras.Model, path) -> None:
 def load(path, types: tuple, kind: str) -> keras.Model:
     """Loads a saved ``.keras`` model for inference (``compile=False``) and checks its type.
 
+    ``path`` may be a preset name (:mod:`koala.presets`): its file is sha256-checked first.
+
     Raises:
-      KoalaError: the file is missing, is not a loadable Keras model, or holds a model that
+      KoalaError: the preset is unknown or damaged, the file is missing, is not a loadable Keras model, or holds a model that
         is not one of ``types`` (``kind`` names what was expected, for the message).
     """
-    path = os.fspath(path)
+    path = presets.resolve(path)
     if not os.path.isfile(path):
         raise KoalaError(f"model file not found: {path}")
     if path.endswith(".keras") and not zipfile.is_zipfile(path):

@@ -1,0 +1,176 @@
+"""Presets: trained models shipped inside koala, loaded by name, checked on every load.
+
+``koala/presets/`` holds each preset's ``.keras`` file and ``presets.json``, the index: per
+preset its name, family (``sr``, ``colorize``, ``codec``), file, sha256, size, parameters,
+scale (SR), whether it is its family's recommended default, how it was trained (data,
+command, flagfile, wall time, hardware) and its metrics on ``corpus/val`` next to the
+baseline. Every tool's ``--model`` takes a preset name or a path::
+
+    from koala import presets
+    model = presets.load("fsrcnn_x3")          # a keras.Model, checked against its sha256
+    path = presets.resolve("fsrcnn_x3")        # the verified file, for any loader
+    presets.default("sr", scale=2)             # "fsrcnn_x2"
+
+A name that is not in the index is an error listing the names; a missing, truncated or
+altered file is an error naming the preset and the problem, never a silent load. Nothing is
+ever downloaded. ``python -m koala.presets`` lists them (:mod:`koala.cli.presets`).
+
+This module imports no TensorFlow; :func:`load` imports :mod:`koala.registry` (every koala
+layer) and Keras only when called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from koala.core.errors import KoalaError
+
+__all__ = ["DIR", "INDEX", "Preset", "PresetError", "default", "find", "index", "is_name",
+           "load", "resolve", "sha256"]
+
+DIR = Path(__file__).resolve().parent
+INDEX = DIR / "presets.json"
+FAMILIES = ("sr", "colorize", "codec")
+
+
+class PresetError(KoalaError):
+    """A preset name that isn't shipped, or a preset file that is missing or damaged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One entry of ``presets.json`` (``info`` holds the rest: training, metrics, ...)."""
+
+    name: str
+    family: str
+    file: str
+    sha256: str
+    size: int
+    parameters: int
+    scale: int | None = None
+    recommended: bool = False
+    info: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def path(self, directory: Path = DIR) -> Path:
+        return directory / self.file
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preset:
+        fields = {f.name for f in dataclasses.fields(cls)} - {"info"}
+        missing = {"name", "family", "file", "sha256", "size", "parameters"} - set(d)
+        if missing:
+            raise PresetError(f"presets.json: entry {d.get('name', '?')!r} lacks "
+                              f"{', '.join(sorted(missing))}")
+        return cls(**{k: v for k, v in d.items() if k in fields},
+                   info={k: v for k, v in d.items() if k not in fields})
+
+    def as_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "info"}
+        return {**d, **self.info}
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def index(path=INDEX) -> dict[str, Preset]:
+    """name -> :class:`Preset`, in the index's order (empty if there is no index)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["presets"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PresetError(f"{path} is not a valid preset index ({e})") from e
+    return {p.name: p for p in map(Preset.from_dict, entries)}
+
+
+def is_name(name_or_path) -> bool:
+    """Whether ``name_or_path`` is meant as a preset name: no path separator, no suffix, and
+    no such file."""
+    s = os.fspath(name_or_path)
+    return (bool(s) and "/" not in s and os.sep not in s and "." not in s
+            and not os.path.exists(s))
+
+
+def find(name: str, *, family: str | None = None, index_path=INDEX) -> Preset:
+    """The preset called ``name`` (of ``family`` if given), or a :class:`PresetError` that
+    lists the available names."""
+    presets = index(index_path)
+    preset = presets.get(name)
+    if preset is None or (family is not None and preset.family != family):
+        return _unknown(name, family, presets)
+    return preset
+
+
+def _unknown(name, family, presets):
+    names = [p.name for p in presets.values() if family is None or p.family == family]
+    what = f"{family} preset" if family else "preset"
+    if preset_of_other := presets.get(name):
+        raise PresetError(f"{name!r} is a {preset_of_other.family} preset, not a {what}; "
+                          f"{family} presets: {', '.join(names) or 'none yet'}")
+    raise PresetError(f"no {what} called {name!r}; available: {', '.join(names) or 'none yet'}"
+                      f" (or give the path of a .keras file)")
+
+
+def verify(preset: Preset, directory: Path = DIR) -> Path:
+    """The preset's file, after checking it exists and matches its size and sha256."""
+    path = preset.path(directory)
+    if not path.is_file():
+        raise PresetError(f"preset {preset.name}: its file {path} is missing (reinstall koala "
+                          f"or restore it with git checkout)")
+    size = path.stat().st_size
+    if size != preset.size:
+        raise PresetError(f"preset {preset.name}: {path} is {size} bytes, expected "
+                          f"{preset.size} (truncated or replaced)")
+    digest = sha256(path)
+    if digest != preset.sha256:
+        raise PresetError(f"preset {preset.name}: {path} fails its sha256 check (altered or "
+                          f"damaged: {digest[:12]}... instead of {preset.sha256[:12]}...)")
+    return path
+
+
+def resolve(name_or_path, *, family: str | None = None, index_path=INDEX) -> str:
+    """A loadable file for a preset name (verified) or a path (returned as given)."""
+    if not is_name(name_or_path):
+        return os.fspath(name_or_path)
+    index_path = Path(index_path)
+    preset = find(os.fspath(name_or_path), family=family, index_path=index_path)
+    return os.fspath(verify(preset, index_path.parent))
+
+
+def default(family: str, *, scale: int | None = None, index_path=INDEX) -> str:
+    """The name of ``family``'s recommended preset (for SR, the one of ``scale``).
+
+    Raises:
+      PresetError: none is shipped; the message lists what there is.
+    """
+    presets = [p for p in index(index_path).values() if p.family == family]
+    if scale is not None:
+        presets = [p for p in presets if p.scale == scale]
+    chosen = [p for p in presets if p.recommended] or presets
+    if not chosen:
+        what = f"{family} preset" + (f" for x{scale}" if scale is not None else "")
+        have = ", ".join(p.name for p in index(index_path).values() if p.family == family)
+        raise PresetError(f"koala ships no {what} yet ({family} presets: {have or 'none'}); "
+                          f"give --model PATH to a trained .keras file")
+    return chosen[0].name
+
+
+def load(name_or_path, *, index_path=INDEX):
+    """The ``keras.Model`` of a preset name (sha256-checked) or of a ``.keras`` path."""
+    path = resolve(name_or_path, index_path=index_path)
+    import keras
+
+    import koala.registry  # noqa: F401  registers every koala layer for deserialisation
+    from koala.core import saving
+
+    return saving.load(path, (keras.Model,), "a Keras model")

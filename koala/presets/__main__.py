@@ -1,0 +1,5 @@
+"""``python -m koala.presets``: the preset table (:mod:`koala.cli.presets`)."""
+
+from koala.cli.presets import run
+
+run()

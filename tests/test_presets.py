@@ -1,0 +1,172 @@
+"""Presets (koala/presets): the shipped index, names, the sha256 check, tools' defaults."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from koala import presets
+from koala.cli import presets as presets_cli
+from koala.tasks.sr import models as sr
+from tests.conftest import cli_main
+
+SHIPPED = presets.index()
+
+
+@pytest.fixture
+def tiny_index(tmp_path):
+    """A preset index in tmp_path with one tiny FSRCNN x2 (``tiny_x2``) and its file."""
+    model = sr.build_fsrcnn(sr.FSRCNNConfig(scale=2, d=8, s=4, m=1))
+    path = tmp_path / "tiny_x2.keras"
+    model.save(path)
+    entry = presets.Preset(name="tiny_x2", family="sr", file=path.name,
+                           sha256=presets.sha256(path), size=path.stat().st_size,
+                           parameters=model.count_params(), scale=2, recommended=True)
+    (tmp_path / "presets.json").write_text(json.dumps({"format": 1,
+                                                       "presets": [entry.as_dict()]}))
+    return tmp_path / "presets.json"
+
+
+def test_the_shipped_index_lists_every_preset_with_a_matching_file():
+    assert {"fsrcnn_x2", "fsrcnn_x3", "fsrcnn_x4"} <= set(SHIPPED)
+    files = {p.file for p in SHIPPED.values()}
+    on_disk = {f.name for f in presets.DIR.glob("*.keras")}
+    assert files == on_disk  # no stray model, none missing
+    total = sum(f.stat().st_size for f in presets.DIR.iterdir())
+    assert total < 60 * 2**20
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_every_shipped_preset_loads_and_matches_its_metadata(name):
+    p = SHIPPED[name]
+    model = presets.load(name)
+    assert model.count_params() == p.parameters
+    assert p.family in presets.FAMILIES
+    assert p.info["training"]["flagfile"] and os.path.isfile(p.info["training"]["flagfile"])
+    assert p.info["metrics"]["model"] and p.info["metrics"]["baseline"]
+    if p.family == "sr":
+        assert model.config.scale == p.scale
+        assert isinstance(model, (sr.SRCNN, sr.FSRCNN, sr.SRAutoencoder))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_each_scale_has_a_recommended_fsrcnn(scale):
+    name = presets.default("sr", scale=scale)
+    assert name == f"fsrcnn_x{scale}"
+    assert SHIPPED[name].recommended
+
+
+def test_a_wrong_name_lists_the_available_ones(tiny_index):
+    with pytest.raises(presets.PresetError, match=r"no preset called 'fsrcnn_x9'.*tiny_x2"):
+        presets.resolve("fsrcnn_x9", index_path=tiny_index)
+    with pytest.raises(presets.PresetError, match="is a sr preset, not a codec preset"):
+        presets.find("tiny_x2", family="codec", index_path=tiny_index)
+
+
+def test_a_path_is_returned_as_given(tmp_path):
+    assert presets.resolve(tmp_path / "m.keras") == os.fspath(tmp_path / "m.keras")
+    assert not presets.is_name("runs/a/best.keras")
+    assert presets.is_name("fsrcnn_x3")
+
+
+def test_an_intact_preset_resolves_to_its_file(tiny_index):
+    path = presets.resolve("tiny_x2", index_path=tiny_index)
+    assert path == os.fspath(tiny_index.parent / "tiny_x2.keras")
+    assert presets.default("sr", scale=2, index_path=tiny_index) == "tiny_x2"
+    with pytest.raises(presets.PresetError, match="no sr preset for x3"):
+        presets.default("sr", scale=3, index_path=tiny_index)
+
+
+def test_an_altered_file_fails_the_sha256_check(tiny_index):
+    path = tiny_index.parent / "tiny_x2.keras"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    path.write_bytes(bytes(data))
+    with pytest.raises(presets.PresetError, match="tiny_x2.*fails its sha256 check"):
+        presets.resolve("tiny_x2", index_path=tiny_index)
+
+
+def test_a_truncated_or_missing_file_is_named(tiny_index):
+    path = tiny_index.parent / "tiny_x2.keras"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(presets.PresetError, match="tiny_x2.*100 bytes, expected"):
+        presets.resolve("tiny_x2", index_path=tiny_index)
+    path.unlink()
+    with pytest.raises(presets.PresetError, match="tiny_x2.*is missing"):
+        presets.resolve("tiny_x2", index_path=tiny_index)
+
+
+def test_a_damaged_shipped_preset_stops_the_tool_with_one_line(tmp_path, monkeypatch, capsys):
+    """The tools go through the same check: a patched index whose sha256 doesn't match."""
+    bad = SHIPPED["fsrcnn_x3"]
+    entries = [p.as_dict() for p in SHIPPED.values()]
+    for e in entries:
+        if e["name"] == "fsrcnn_x3":
+            e["sha256"] = "0" * 64
+    fake = tmp_path / "presets.json"
+    fake.write_text(json.dumps({"format": 1, "presets": entries}))
+    (tmp_path / bad.file).write_bytes((presets.DIR / bad.file).read_bytes())
+    monkeypatch.setattr(presets, "resolve", _resolve_with(fake))
+    Image.new("RGB", (16, 16), (90, 120, 30)).save(tmp_path / "p.png")
+    status = cli_main("upscale", tmp_path / "p.png", "-o", tmp_path / "out", "--noprogress")
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "preset fsrcnn_x3" in err and "sha256" in err
+    assert not (tmp_path / "out" / "p_x3.png").exists()
+
+
+def _resolve_with(index_path):
+    original = presets.resolve
+
+    def resolve(name_or_path, *, family=None, index_path=index_path):
+        return original(name_or_path, family=family, index_path=index_path)
+
+    return resolve
+
+
+@pytest.mark.parametrize("scale", [None, 2, 4])
+def test_upscale_with_no_model_uses_the_preset_of_the_scale(tmp_path, scale):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(tmp_path / "p.png")
+    args = [tmp_path / "p.png", "-o", tmp_path / "out", "--noprogress"]
+    if scale:
+        args.append(f"--scale={scale}")
+    assert cli_main("upscale", *args) == 0
+    s = scale or 3
+    with Image.open(tmp_path / "out" / f"p_x{s}.png") as out:
+        assert out.size == (24 * s, 20 * s)
+
+
+def test_a_wrong_preset_name_on_the_command_line(tmp_path, capsys):
+    Image.new("RGB", (16, 16)).save(tmp_path / "p.png")
+    status = cli_main("upscale", tmp_path / "p.png", "-o", tmp_path / "out",
+                      "--model=fsrcnn_x9", "--noprogress")
+    err = capsys.readouterr().err
+    assert status == 2 and "no preset called 'fsrcnn_x9'" in err and "fsrcnn_x3" in err
+
+
+def test_a_preset_of_another_family_is_refused_by_colorize(tmp_path, capsys):
+    Image.new("RGB", (16, 16)).save(tmp_path / "p.png")
+    status = cli_main("colorize", tmp_path / "p.png", "-o", tmp_path / "out",
+                      "--model=fsrcnn_x3", "--noprogress")
+    assert status == 2 and "not a koala" in capsys.readouterr().err
+
+
+def test_the_presets_table_lists_each_preset(capsys):
+    assert cli_main("presets") == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["name", "family", "scale"]
+    for name, p in SHIPPED.items():
+        row = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert f"{p.parameters:,}" in row and "bicubic" in row
+
+
+def test_the_table_formats_the_metric_next_to_its_baseline():
+    p = presets.Preset(name="a", family="sr", file="a.keras", sha256="0", size=2048,
+                       parameters=1234, scale=3, info={"metrics": {
+                           "model": {"psnr_y": 31.5}, "baseline": {"psnr_y": 30.0},
+                           "baseline_name": "bicubic"}})
+    row = presets_cli.table({"a": p}).splitlines()[2]
+    assert "psnr_y 31.50 (bicubic 30.00, +1.50 dB)" in row and "1,234" in row and "x3" in row
