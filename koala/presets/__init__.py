@@ -107,18 +107,18 @@ def find(name: str, *, family: str | None = None, index_path=INDEX) -> Preset:
     presets = index(index_path)
     preset = presets.get(name)
     if preset is None or (family is not None and preset.family != family):
-        return _unknown(name, family, presets)
+        raise _unknown(name, family, presets)
     return preset
 
 
-def _unknown(name, family, presets):
+def _unknown(name, family, presets) -> PresetError:
     names = [p.name for p in presets.values() if family is None or p.family == family]
     what = f"{family} preset" if family else "preset"
     if preset_of_other := presets.get(name):
-        raise PresetError(f"{name!r} is a {preset_of_other.family} preset, not a {what}; "
-                          f"{family} presets: {', '.join(names) or 'none yet'}")
-    raise PresetError(f"no {what} called {name!r}; available: {', '.join(names) or 'none yet'}"
-                      f" (or give the path of a .keras file)")
+        return PresetError(f"{name!r} is a {preset_of_other.family} preset, not a {what}; "
+                           f"{family} presets: {', '.join(names) or 'none yet'}")
+    return PresetError(f"no {what} called {name!r}; available: {', '.join(names) or 'none yet'}"
+                       f" (or give the path of a .keras file)")
 
 
 def verify(preset: Preset, directory: Path = DIR) -> Path:
@@ -153,13 +153,12 @@ def default(family: str, *, scale: int | None = None, index_path=INDEX) -> str:
     Raises:
       PresetError: none is shipped; the message lists what there is.
     """
-    presets = [p for p in index(index_path).values() if p.family == family]
-    if scale is not None:
-        presets = [p for p in presets if p.scale == scale]
+    of_family = [p for p in index(index_path).values() if p.family == family]
+    presets = [p for p in of_family if scale is None or p.scale == scale]
     chosen = [p for p in presets if p.recommended] or presets
     if not chosen:
         what = f"{family} preset" + (f" for x{scale}" if scale is not None else "")
-        have = ", ".join(p.name for p in index(index_path).values() if p.family == family)
+        have = ", ".join(p.name for p in of_family)
         raise PresetError(f"koala ships no {what} yet ({family} presets: {have or 'none'}); "
                           f"give --model PATH to a trained .keras file")
     return chosen[0].name
