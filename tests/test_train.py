@@ -283,3 +283,49 @@ def test_a_bad_flagfile_value_is_refused(tmp_path):
             values(["koala.cli.train", f"--flagfile={typo}"])
     finally:
         values.unparse_flags()
+
+
+class WeightsAtStart(keras.callbacks.Callback):
+    """Keeps the model's weights as training begins (after every other callback's start)."""
+
+    def on_train_begin(self, logs=None):
+        self.weights = {layer.name: layer.get_weights() for layer in self.model.layers}
+
+
+def test_init_from_starts_x2_from_an_x3_model_and_records_its_source(records, tmp_path):
+    from koala.presets import sha256
+    from koala.tasks.sr import models as sr
+
+    source = tmp_path / "x3.keras"
+    x3 = sr.fsrcnn_small(scale=3)
+    x3.save(source)
+    start = WeightsAtStart()
+    run, cfg = smoke(records, tmp_path / "run", model="fsrcnn_small", scale=2, patch_size=16,
+                     patches_per_image=2, batch_size=4, epochs=1, steps_per_epoch=1,
+                     init_from=str(source))
+    registry.train(run, cfg, extra_callbacks=[start])
+    for layer in x3.layers:  # every layer, the deconvolution included, starts as x3's
+        for got, want in zip(start.weights[layer.name], layer.get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+    import json
+
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["init_from"] == {"path": str(source), "sha256": sha256(source)}
+    assert info["config"]["init_from"] == str(source)
+    assert keras.saving.load_model(tmp_path / "run" / "last.keras").config.scale == 2
+
+
+def test_init_from_a_model_that_does_not_fit_names_the_layers(records, tmp_path):
+    from koala.tasks.sr import models as sr
+
+    source = tmp_path / "srcnn.keras"
+    sr.srcnn_small().save(source)
+    run, cfg = smoke(records, tmp_path / "run", model="fsrcnn_small", scale=3, patch_size=33,
+                     patches_per_image=2, batch_size=4, init_from=str(source))
+    with pytest.raises(KoalaError, match=r"feature is missing.*output has shapes"):
+        registry.train(run, cfg)
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    run, cfg = smoke(records, tmp_path / "run2", model="fsrcnn_small", init_from=str(bad))
+    with pytest.raises(KoalaError, match="not a Keras model"):
+        registry.train(run, cfg)

@@ -81,6 +81,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     d(f, "momentum", "SGD momentum (default 0.9).", lower_bound=0.0, upper_bound=1.0)
     d(f, "last_layer_lr_scale", "Learning-rate factor of the last layer ('output'); SRCNN's "
       "paper: 0.1 (1e-5 vs 1e-4). Default 1.", lower_bound=0.0)
+    d(s, "init_from", "Start from the weights of this .keras file or preset name, layer by "
+      "layer (same names and shapes; every layer with weights must match), e.g. FSRCNN's x3 "
+      "network fine-tuned for x2 or x4 as in its paper. Default: fresh weights. A resumed "
+      "run restores its backup instead.")
     # ColorizeTrainConfig
     d(b, "batch_norm", "Colorize (fusion): the report's BatchNorm layers (default true; "
       "false = the paper's original code).")

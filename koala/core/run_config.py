@@ -39,6 +39,10 @@ class RunConfig:
     verify_records:      check every shard (sha256/CRC) before training.
     optimizer, momentum, last_layer_lr_scale: the optimizer (the layer named "output" gets
                          last_layer_lr_scale times the rate; SRCNN's paper: 0.1).
+    init_from:           a .keras file or preset name whose weights start the run, layer by
+                         layer (:func:`koala.core.trainer.warm_start`; FSRCNN's paper trains
+                         x3 and fine-tunes it for x2 and x4); None: fresh initialisation. A
+                         resumed run restores its backup instead.
     """
 
     workdir: str
@@ -67,6 +71,7 @@ class RunConfig:
     optimizer: str = "adam"
     momentum: float = 0.9
     last_layer_lr_scale: float = 1.0
+    init_from: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "lr_boundaries", tuple(int(b) for b in self.lr_boundaries))

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 import koala
+from koala import presets
 from koala.core import distributed, run_config, saving
 from koala.core import optimizers as optimizers_lib
 from koala.core.errors import KoalaError
@@ -245,6 +246,41 @@ def val_batch(run: RunConfig, val_source, val_split, replicas: int) -> int | Non
     return batch
 
 
+def warm_start(model: keras.Model, source: str) -> dict:
+    """Copies the weights of the model saved at ``source`` (a ``.keras`` path or a preset
+    name) into ``model``, layer by layer by name: FSRCNN's transfer from x3 to x2 and x4,
+    whose layers have the same shapes at every scale. Returns ``{"path", "sha256"}`` of the
+    source for run.json.
+
+    Raises:
+      KoalaError: the source does not load, or a layer of ``model`` that has weights is
+        missing from it or has other weight shapes (each one is named).
+    """
+    path = presets.resolve(source)
+    other = {layer.name: layer for layer in
+             saving.load(path, (keras.Model,), "a Keras model").layers}
+    pairs, problems = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        src = other.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        src_shapes = [tuple(w.shape) for w in src.weights] if src is not None else None
+        if src_shapes is None:
+            problems.append(f"{layer.name} is missing")
+        elif shapes != src_shapes:
+            problems.append(f"{layer.name} has shapes {src_shapes}, not {shapes}")
+        else:
+            pairs.append((layer, src))
+    if problems:
+        raise KoalaError(f"--init_from={source}: its weights don't fit {model.name}: "
+                         + "; ".join(problems))
+    for layer, src in pairs:
+        layer.set_weights(src.get_weights())
+    log.info("weights of %d layers from %s", len(pairs), path)
+    return {"path": path, "sha256": presets.sha256(path)}
+
+
 def _check_workdir(run: RunConfig, cfg) -> None:
     """Refuses to resume a workdir that holds a run with other settings (epochs may grow)."""
     path = os.path.join(run.workdir, "run.json")
@@ -315,6 +351,7 @@ def _train(run, cfg, entry, task, strategy, workdir: str, flags_text, extra_call
         strategy = strategy or _strategy(run)
         with strategy.scope():
             model = task.build_model(entry, run, cfg, train_recs)
+            init = warm_start(model, run.init_from) if run.init_from else None
             multipliers = ({"output": run.last_layer_lr_scale}
                            if run.last_layer_lr_scale != 1.0 else None)
             optimizer = optimizers_lib.build(run.optimizer, run.learning_rate,
@@ -335,7 +372,8 @@ def _train(run, cfg, entry, task, strategy, workdir: str, flags_text, extra_call
             "koala_version": koala.__version__, "tensorflow": tf.__version__,
             "keras": keras.__version__, "python": platform.python_version(),
             "devices": [d.name for d in tf.config.list_logical_devices()],
-            "replicas": strategy.num_replicas_in_sync, **task.run_info(entry, run, cfg),
+            "replicas": strategy.num_replicas_in_sync, "init_from": init,
+            **task.run_info(entry, run, cfg),
         })
         monitor = task.monitor(model)
         monitor = f"val_{monitor}" if data.val is not None else monitor
