@@ -1,7 +1,7 @@
 r"""Super-resolves photos with a trained SR model (SRCNN, FSRCNN or the auto-encoder).
 
   python -m koala.upscale INPUT... -o OUTDIR [--model=PRESET|MODEL.keras] \
-      [--scale=N] [--tile=512] [--overlap=PX] [--suffix=_x{scale}]
+      [--scale=N] [--tile=512] [--overlap=PX] [--suffix=_x{scale}] [--nosubpixel]
 
 INPUTs are image files or folders (walked recursively, sub-folders kept under OUTDIR). Each
 h x w image becomes ``OUTDIR/<subfolders>/<stem><suffix>.png`` of exactly (s*h) x (s*w),
@@ -47,6 +47,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
                          "Decompression-bomb limit on the inputs: larger images fail.",
                          lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("subpixel", True, "FSRCNN: run the deconvolution in its exact sub-pixel "
+                      "form (a convolution plus depth-to-space; same output within float "
+                      "rounding, several times faster on a CPU); --nosubpixel runs it as "
+                      "trained.", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
     flags.register_validator("suffix", lambda s: "/" not in s and os.sep not in s,
                              "--suffix must not contain a path separator", flag_values=fv)
@@ -70,7 +74,7 @@ def main(argv) -> int:
         return status
     tile = DEFAULT_TILE if fv.tile is None else (fv.tile or None)
     try:
-        upscaler = Upscaler.load(fv.model, tile=tile, overlap=fv.overlap)
+        upscaler = Upscaler.load(fv.model, tile=tile, overlap=fv.overlap, fast=fv.subpixel)
         check_scale(upscaler, fv.scale)
         suffix = fv.suffix.replace("{scale}", str(upscaler.scale))
         pairs = output_paths(inputs, fv.output_dir, suffix)

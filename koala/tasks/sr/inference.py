@@ -61,6 +61,7 @@ from koala.core.errors import KoalaError
 from koala.data import pipelines
 from koala.ops import color, images
 from koala.tasks.sr import models as sr
+from koala.tasks.sr import subpixel
 
 __all__ = [
     "BICUBIC_MARGIN",
@@ -147,6 +148,9 @@ class Upscaler:
         the image: a 6000 x 4500 SRCNN output needs ~7 GB of activations per layer).
       overlap: high-res px of context around each tile, at least :func:`receptive_radius`;
         default :func:`default_overlap`.
+      fast: run FSRCNN's deconvolution in its exact sub-pixel form
+        (:func:`koala.tasks.sr.subpixel.fast_fsrcnn`; outputs equal within float rounding);
+        False runs the model as trained. Other models ignore it.
 
     Raises:
       KoalaError: ``model`` is not a koala SR model.
@@ -154,7 +158,8 @@ class Upscaler:
         would not join up exactly).
     """
 
-    def __init__(self, model, *, tile: int | None = DEFAULT_TILE, overlap: int | None = None):
+    def __init__(self, model, *, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
+                 fast: bool = True):
         config = _sr_config(model)
         radius = receptive_radius(model)
         self.model = model
@@ -172,7 +177,9 @@ class Upscaler:
         else:
             self.input_margin = max(math.ceil(self.overlap / config.scale),
                                     BICUBIC_MARGIN if self.y_only else 0)
-        self._forward = tiling.compile_forward(model, config.channels)
+        self.fast = fast and isinstance(model, sr.FSRCNN)
+        self._forward = tiling.compile_forward(
+            subpixel.fast_fsrcnn(model) if self.fast else model, config.channels)
 
     @classmethod
     def load(cls, path, **kwargs) -> Upscaler:
