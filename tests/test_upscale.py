@@ -18,7 +18,8 @@ from koala.data import pipelines
 from koala.ops import color
 from koala.ops.images import load_image
 from koala.tasks.sr import models as sr
-from koala.tasks.sr.inference import Upscaler, check_scale, default_overlap, receptive_radius
+from koala.tasks.sr.inference import (Upscaler, check_scale, default_overlap, default_tile,
+                                      receptive_radius)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,14 @@ def test_receptive_radius_and_default_overlap():
     assert receptive_radius(sr.AutoencoderConfig()) == 11  # 11 layers of 3x3
     assert [default_overlap(c) for c in (sr.SRCNNConfig(), sr.FSRCNNConfig(),
                                          sr.AutoencoderConfig(depth=2))] == [8, 32, 8]
+
+
+def test_default_tile_is_512_px_of_the_working_grid(models):
+    # SRCNN and the auto-encoder work on the high-res grid, FSRCNN on the low-res one.
+    assert default_tile(sr.SRCNNConfig()) == 512 == Upscaler(models["srcnn_y"]).tile
+    assert default_tile(sr.FSRCNNConfig(scale=4)) == 2048
+    assert Upscaler(models["fsrcnn3_y"]).tile == 1536 and Upscaler(models["fsrcnn2_y"]).tile == 1024
+    assert Upscaler(models["fsrcnn3_y"], tile=None).tile is None
 
 
 @pytest.mark.parametrize("name", ["srcnn_y", "fsrcnn2_y", "fsrcnn3_y", "ae_rgb"])
@@ -198,22 +207,27 @@ def test_y_model_sets_y_and_keeps_the_bicubic_chroma():
     ("fsrcnn2_y", 32, 6, 32 // 2 + 2 * 8),  # 80 x 60: 3 x 2 tiles, 16 low-res px + 8 per side
     ("fsrcnn3_y", 32, 12, 30 // 3 + 2 * 8),  # 120 x 90: tile rounded to 30 px, 4 x 3 tiles
 ])
-def test_tiles_bound_what_the_model_sees(models, name, tile, calls, max_side):
-    upscaler = Upscaler(models[name], tile=tile)
+@pytest.mark.parametrize("fast", [False, True])
+def test_tiles_bound_what_the_model_sees(models, name, tile, calls, max_side, fast):
+    upscaler = Upscaler(models[name], tile=tile, fast=fast)
+    # The model's input window: (1, h, w, C) into the model, or (h, w, 3) RGB into FSRCNN's
+    # fast path (one graph per window: colour, model, chroma).
+    attr, axes = ("_window", slice(0, 2)) if upscaler.fast else ("_forward", slice(1, 3))
+    assert upscaler.fast == (fast and name.startswith("fsrcnn"))
     seen = []
-    forward = upscaler._forward
+    forward = getattr(upscaler, attr)
 
     def spy(x):
-        seen.append(x.shape)
+        seen.append(x.shape[axes])
         return forward(x)
 
-    upscaler._forward = spy
+    setattr(upscaler, attr, spy)
     height, width = 40, 30
     out = upscaler.upscale(smooth_image(height, width))
     assert out.shape == (upscaler.scale * height, upscaler.scale * width, 3)
     assert len(seen) == calls
-    assert max(max(shape[1:3]) for shape in seen) <= max_side
-    assert all(shape[1] * shape[2] <= max_side**2 for shape in seen)
+    assert max(max(shape) for shape in seen) <= max_side
+    assert all(shape[0] * shape[1] <= max_side**2 for shape in seen)
 
 
 def test_constructor_checks(models):

@@ -37,8 +37,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("scale", None, "The factor: picks the preset when --model is omitted "
                          "(default 3); with --model, fail unless the model upscales by it.",
                          lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("tile", None, "Output tile side in px (bounds memory; default 512); "
-                         "0 runs each image whole.", lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer("tile", None, "Output tile side in px (bounds memory; default 512 px "
+                         "of the model's working grid: 512 for SRCNN and the auto-encoder, "
+                         "512 x scale for FSRCNN); 0 runs each image whole.", lower_bound=0,
+                         flag_values=fv)
     flags.DEFINE_integer("overlap", None, "Context px around each tile (default: the model's "
                          "receptive radius rounded up to 8).", lower_bound=0, flag_values=fv)
     flags.DEFINE_string("suffix", "_x{scale}", "Appended to each output's stem: "
@@ -66,13 +68,13 @@ def main(argv) -> int:
                               required=("output_dir",))
     from koala.core.errors import KoalaError
     from koala.ops import grid
-    from koala.tasks.sr.inference import DEFAULT_TILE, Upscaler, check_scale
+    from koala.tasks.sr.inference import Upscaler, check_scale
 
     if not inputs:
         return common.error("give at least one input image or folder")
     if status := common.default_model(fv, "sr", scale=fv.scale or DEFAULT_SCALE):
         return status
-    tile = DEFAULT_TILE if fv.tile is None else (fv.tile or None)
+    tile = "auto" if fv.tile is None else (fv.tile or None)
     try:
         upscaler = Upscaler.load(fv.model, tile=tile, overlap=fv.overlap, fast=fv.subpixel)
         check_scale(upscaler, fv.scale)

@@ -67,13 +67,16 @@ __all__ = [
     "BICUBIC_MARGIN",
     "DEFAULT_TILE",
     "Upscaler",
+    "default_tile",
     "check_scale",
     "default_overlap",
     "receptive_radius",
 ]
 
 DEFAULT_TILE = 512
-"""Output-space tile side: a 9-1-5 SRCNN tile's 64-channel activations are ~80 MB."""
+"""Tile side on the grid a model's activations live on: high-res px for SRCNN and the
+auto-encoder (a 9-1-5 SRCNN tile's 64-channel activations are ~80 MB), low-res px for FSRCNN
+(an output tile of 512·s px; its 56-channel activations are ~64 MB). See :func:`default_tile`."""
 
 BICUBIC_MARGIN = 3
 """Low-res px added around every window before the bicubic upscale. Keys' cubic kernel reaches
@@ -117,6 +120,14 @@ def default_overlap(model_or_config) -> int:
     return tiling.round_overlap(receptive_radius(model_or_config))
 
 
+def default_tile(model_or_config) -> int:
+    """The default output tile side: :data:`DEFAULT_TILE` px of the model's working grid, so
+    :data:`DEFAULT_TILE` for SRCNN and the auto-encoder, ``DEFAULT_TILE * scale`` for FSRCNN
+    (fewer, larger tiles: less margin recomputed, fewer calls)."""
+    config = _sr_config(model_or_config)
+    return DEFAULT_TILE if config.upsampled_input else DEFAULT_TILE * config.scale
+
+
 def _as_rgb_uint8(image) -> np.ndarray:
     """A LoadedImage or a uint8 (H, W), (H, W, 1), (H, W, 3) array -> uint8 (H, W, 3)."""
     if isinstance(image, images.LoadedImage):
@@ -144,8 +155,9 @@ class Upscaler:
       model: a :mod:`koala.tasks.sr.models` model (SRCNN, FSRCNN or SRAutoencoder; anything whose
         ``.config`` is one of their configs and that maps (B, H, W, C) as they do).
       tile: side of the output tiles in high-res px (FSRCNN: rounded down to a multiple of
-        the scale, at least the scale); None runs the whole image at once (memory grows with
-        the image: a 6000 x 4500 SRCNN output needs ~7 GB of activations per layer).
+        the scale, at least the scale); "auto": :func:`default_tile`; None runs the whole
+        image at once (memory grows with the image: a 6000 x 4500 SRCNN output needs ~7 GB of
+        activations per layer).
       overlap: high-res px of context around each tile, at least :func:`receptive_radius`;
         default :func:`default_overlap`.
       fast: run FSRCNN's deconvolution in its exact sub-pixel form
@@ -158,13 +170,14 @@ class Upscaler:
         would not join up exactly).
     """
 
-    def __init__(self, model, *, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
+    def __init__(self, model, *, tile: int | None | str = "auto", overlap: int | None = None,
                  fast: bool = True):
         config = _sr_config(model)
         radius = receptive_radius(model)
         self.model = model
         self.config = config
         # FSRCNN tiles on the low-res grid: whole low-res pixels.
+        tile = default_tile(config) if tile == "auto" else tile
         self.tile = tiling.check_tile(tile, 1 if config.upsampled_input else config.scale)
         self.overlap = tiling.check_overlap(
             tiling.round_overlap(radius) if overlap is None else overlap, radius)
@@ -178,8 +191,9 @@ class Upscaler:
             self.input_margin = max(math.ceil(self.overlap / config.scale),
                                     BICUBIC_MARGIN if self.y_only else 0)
         self.fast = fast and isinstance(model, sr.FSRCNN)
-        self._forward = tiling.compile_forward(
-            subpixel.fast_fsrcnn(model) if self.fast else model, config.channels)
+        self._forward = tiling.compile_forward(model, config.channels)
+        if self.fast:
+            self._window = self._compile_window(subpixel.fast_fsrcnn(model))
 
     @classmethod
     def load(cls, path, **kwargs) -> Upscaler:
@@ -228,8 +242,9 @@ class Upscaler:
             return tiling.stitch(
                 s * height, s * width, lambda r, c: self._upsampled_window(rgb01, r, c), out,
                 tile=self.tile, context=self.overlap, border=self.border, convert=convert)
+        window = ((lambda x: self._window(x).numpy()) if self.fast else self._low_res_window)
         return tiling.stitch(  # FSRCNN: low-res windows, s x their size out
-            height, width, lambda r, c: self._low_res_window(tiling.take(rgb01, r, c)), out,
+            height, width, lambda r, c: window(tiling.take(rgb01, r, c)), out,
             tile=self.tile, context=self.input_margin, scale=s, convert=convert)
 
     def _colour_in(self, window: np.ndarray) -> tf.Tensor:
@@ -244,6 +259,23 @@ class Upscaler:
             return np.clip(pred, 0.0, 1.0)
         ycbcr = np.concatenate([pred, cbcr], axis=-1) * _Y_UNITS
         return np.clip(color.ycbcr_to_rgb(ycbcr).numpy(), 0.0, 1.0)
+
+    def _compile_window(self, model) -> Callable:
+        """The fast path of :meth:`_low_res_window` as one graph: colour in, ``model``, the
+        bicubic chroma, colour out, for a low-res RGB window (h', w', 3) in [0, 1]."""
+        s, y_only = self.scale, self.y_only
+
+        def window(rgb01):
+            x = color.rgb_to_ycbcr(rgb01) / _Y_UNITS if y_only else rgb01
+            pred = model(x[None, ..., :1] if y_only else x[None], training=False)[0]
+            if not y_only:
+                return tf.clip_by_value(pred, 0.0, 1.0)
+            cbcr = pipelines.bicubic_upscale(x[..., 1:], s)
+            rgb = color.ycbcr_to_rgb(tf.concat([pred, cbcr], axis=-1) * _Y_UNITS)
+            return tf.clip_by_value(rgb, 0.0, 1.0)
+
+        return tf.function(window, autograph=False,
+                           input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
 
     def _low_res_window(self, window: np.ndarray) -> np.ndarray:
         """FSRCNN: low-res window (h', w', 3) in [0, 1] -> RGB (s*h', s*w', 3)."""
