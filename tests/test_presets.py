@@ -170,3 +170,37 @@ def test_the_table_formats_the_metric_next_to_its_baseline():
                            "baseline_name": "bicubic"}})
     row = presets_cli.table({"a": p}).splitlines()[2]
     assert "psnr_y 31.50 (bicubic 30.00, +1.50 dB)" in row and "1,234" in row and "x3" in row
+
+
+def test_add_copies_the_model_and_records_how_it_was_made(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "presets"
+    store.mkdir()
+    monkeypatch.setattr(presets, "DIR", store)
+    monkeypatch.setattr(presets, "INDEX", store / "presets.json")
+    (store / "presets.json").write_text('{"format": 1, "presets": []}')
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    model = sr.build_fsrcnn(sr.FSRCNNConfig(scale=2, d=8, s=4, m=1))
+    model.save(workdir / "best.keras")
+    init = {"path": "/x/fsrcnn_x3.keras", "sha256": "ab" * 32}
+    (workdir / "run.json").write_text(json.dumps({"init_from": init}))
+    flagfile = tmp_path / "tiny.flags"
+    flagfile.write_text("--model=fsrcnn\n--scale=2\n")
+    report = tmp_path / "metrics.json"
+    report.write_text(json.dumps({"methods": ["bicubic", "best"], "images": 3, "mean": {
+        "bicubic": {"psnr_y": 30.0}, "best": {"psnr_y": 31.25}}}))
+    assert cli_main("presets", "add", "tiny_x2", f"--from={workdir / 'best.keras'}",
+                    "--family=sr", f"--flagfile_used={flagfile}", f"--eval={report}",
+                    "--wall_time_s=42", "--train_command=TF_NUM_INTRAOP_THREADS=1 python -m "
+                    "koala.train --flagfile=tiny.flags", "--recommended") == 0
+    entry = presets.index(store / "presets.json")["tiny_x2"]
+    assert entry.sha256 == presets.sha256(store / "tiny_x2.keras") == presets.sha256(
+        workdir / "best.keras")
+    assert (entry.scale, entry.parameters, entry.recommended) == (2, model.count_params(), True)
+    training = entry.info["training"]
+    assert training["command"].startswith("TF_NUM_INTRAOP_THREADS=1 ")
+    assert training["init_from"] == init and training["wall_time_s"] == 42
+    assert training["flagfile_text"] == "--model=fsrcnn\n--scale=2\n"
+    assert entry.info["metrics"]["model"] == {"psnr_y": 31.25}
+    assert entry.info["metrics"]["baseline"] == {"psnr_y": 30.0}
+    assert "added preset tiny_x2" in capsys.readouterr().out

@@ -40,6 +40,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_integer("wall_time_s", None, "add: training wall time in seconds.",
                          lower_bound=0, flag_values=fv)
+    flags.DEFINE_string("train_command", None, "add: the exact training command (default: "
+                        "timeout 3600 python -m koala.train --flagfile=FLAGFILE).",
+                        flag_values=fv)
     flags.DEFINE_string("train_data", "../shared/corpus/train", "add: the training photos.",
                         flag_values=fv)
     flags.DEFINE_string("notes", "", "add: anything else a user should know.", flag_values=fv)
@@ -82,6 +85,17 @@ def table(presets) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
+def _run_facts(model_path) -> dict:
+    """What the run.json beside a workdir's model says of where its weights started
+    (``koala.train --init_from``): ``{"init_from": {"path", "sha256"}}``, or nothing."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "run.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        init = json.load(f).get("init_from")
+    return {"init_from": init} if init else {}
+
+
 def add(fv, name: str) -> int:
     import shutil
 
@@ -116,9 +130,11 @@ def add(fv, name: str) -> int:
             "model": type(model).__name__,
             "training": {
                 "data": fv.train_data,
-                "command": f"timeout 3600 python -m koala.train --flagfile={fv.flagfile_used}",
+                "command": fv.train_command or (
+                    f"timeout 3600 python -m koala.train --flagfile={fv.flagfile_used}"),
                 "flagfile": fv.flagfile_used, "flagfile_text": flagfile_text,
                 "wall_time_s": fv.wall_time_s, "hardware": hardware(),
+                **_run_facts(fv["from"].value),
             },
             "metrics": {
                 "data": report.get("images_dir") or "../shared/corpus/val",
@@ -128,7 +144,7 @@ def add(fv, name: str) -> int:
             },
             "notes": fv.notes,
         })
-    index = presets.index()
+    index = presets.index(presets.INDEX)
     index[name] = entry
     atomic_write_json(presets.INDEX, {"format": 1,
                                       "presets": [p.as_dict() for p in index.values()]})
