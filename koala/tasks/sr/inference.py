@@ -145,6 +145,12 @@ def _as_rgb_uint8(image) -> np.ndarray:
     return rgb
 
 
+def _to_uint8(tile01) -> np.ndarray:
+    """A float tile in [0, 1] (array or tensor) -> uint8, rounded half to even, in TensorFlow
+    (multi-threaded; numpy's round and cast of a megapixel tile cost several ms)."""
+    return tf.cast(tf.round(tf.convert_to_tensor(tile01) * 255.0), tf.uint8).numpy()
+
+
 # --- The upscaler ----------------------------------------------------------------------------
 
 
@@ -220,7 +226,7 @@ class Upscaler:
         out = np.empty((rgb.shape[0] * self.scale, rgb.shape[1] * self.scale, 3), np.uint8)
         # Rounded per tile: no full-size float array.
         return self._run(rgb.astype(np.float32) / 255.0, out,
-                         lambda tile01: np.round(tile01 * 255.0).astype(np.uint8))
+                         _to_uint8)
 
     def upscale_float(self, rgb01) -> np.ndarray:
         """float (h, w, 3) in [0, 1] -> float32 (s*h, s*w, 3) in [0, 1], not rounded."""
@@ -242,7 +248,8 @@ class Upscaler:
             return tiling.stitch(
                 s * height, s * width, lambda r, c: self._upsampled_window(rgb01, r, c), out,
                 tile=self.tile, context=self.overlap, border=self.border, convert=convert)
-        window = ((lambda x: self._window(x).numpy()) if self.fast else self._low_res_window)
+        # The fast path's tiles stay tensors until they are rounded (_to_uint8) or copied out.
+        window = self._window if self.fast else self._low_res_window
         return tiling.stitch(  # FSRCNN: low-res windows, s x their size out
             height, width, lambda r, c: window(tiling.take(rgb01, r, c)), out,
             tile=self.tile, context=self.input_margin, scale=s, convert=convert)
