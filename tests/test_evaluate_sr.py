@@ -345,3 +345,18 @@ def test_cli_end_to_end(photos, model_path, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["images"] == 3
     assert (out / "metrics.md").exists() and (out / "crops.png").exists()
     assert "--scale=2" in (out / "flags.txt").read_text().splitlines()
+
+
+def test_a_preset_name_is_evaluated_and_a_wrong_one_lists_the_names(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert evaluate.main(["evaluate", "--task=sr", "--model=fsrcnn_x2", f"--images={photos}",
+                          "--scale=2", f"--output_dir={out}", "--max_images=1",
+                          "--noprogress"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["methods"] == ["bicubic", "fsrcnn_x2"]
+    assert report["models"]["fsrcnn_x2"] == "fsrcnn_x2"
+    assert evaluate.main(["evaluate", "--task=sr", "--model=fsrcnn_x9", f"--images={photos}",
+                          "--scale=2", f"--output_dir={tmp_path / 'out2'}"]) == 2
+    err = capsys.readouterr().err
+    assert "fsrcnn_x9" in err and "fsrcnn_x2" in err and "fsrcnn_x3" in err
+    assert not (tmp_path / "out2").exists()

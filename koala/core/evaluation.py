@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from koala import presets
 from koala.core import report as fmt
 from koala.core.errors import ImageError, KoalaError
 from koala.core.io import atomic_write
@@ -61,15 +62,25 @@ def display_name(path: str | os.PathLike, root: str | os.PathLike | None) -> str
     return str(path)
 
 
+def model_source(name_or_path: str) -> str:
+    """How a report names where a model came from: a preset's name as given, a file's absolute
+    path."""
+    return name_or_path if presets.is_name(name_or_path) else os.path.abspath(name_or_path)
+
+
 def find_inputs(model_files: Iterable[str], images_dir: str) -> list[pathlib.Path]:
-    """Checks that every model file exists, then lists the images to evaluate.
+    """Checks that every model file exists (a preset name: that it is shipped and intact),
+    then lists the images to evaluate.
 
     Raises:
-      KoalaError: a model file or the images folder is missing.
+      KoalaError: a model file or the images folder is missing; a preset name is unknown
+        (the message lists the names) or its file is damaged.
       NoUsableImagesError: the folder holds no image file.
     """
     for path in model_files:
-        if not os.path.isfile(path):
+        if presets.is_name(path):
+            presets.resolve(path)
+        elif not os.path.isfile(path):
             raise KoalaError(f"model file not found: {path}")
     paths = images.find_images(images_dir)  # KoalaError when the folder is missing
     if not paths:

@@ -298,7 +298,7 @@ def run(config: CodecEvalConfig) -> dict:
         load=load, report=report, row=lambda cells: evaluation.shrink_cells(cells, height),
         outputs=lambda rep, rows: (codec_markdown(rep), {
             GRID_PNG: make_grid(rows, height=height), JPEG_PLOT_PNG: jpeg_plot(rep)}),
-        run_keys=dict(model=os.path.abspath(config.model), tile=config.tile,
+        run_keys=dict(model=evaluation.model_source(config.model), tile=config.tile,
                       grid_height=config.grid_height))
 
 

@@ -287,7 +287,8 @@ def run(config: ColorizeEvalConfig) -> dict:
         outputs=lambda rep, rows: (colorize_markdown(rep),
                                    {GRID_PNG: make_grid(rows, height=height)}),
         run_keys=dict(
-            models={n: os.path.abspath(p) for n, p in zip(names, config.models, strict=True)},
+            models={n: evaluation.model_source(p)
+                    for n, p in zip(names, config.models, strict=True)},
             embedder_weights=config.embedder_weights, grid_height=config.grid_height,
             refine=list(config.refine), **guided))
 

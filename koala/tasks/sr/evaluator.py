@@ -335,7 +335,8 @@ def run(config: SREvalConfig) -> dict:
         outputs=lambda rep, rows: (sr_markdown(rep), {CROPS_PNG: make_grid(rows, height=height)}),
         run_keys=dict(
             scale=config.scale,
-            models={n: os.path.abspath(p) for n, p in zip(names, config.models, strict=True)},
+            models={n: evaluation.model_source(p)
+                    for n, p in zip(names, config.models, strict=True)},
             crop_size=config.crop_size, crop_display_height=height))
 
 
