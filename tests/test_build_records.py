@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from conftest import cli_main, make_photo_folder, smooth_image, write_image
 
-from koala.core.errors import RecordsError
+from koala.core.errors import KoalaError, RecordsError
 from koala.data import build, features
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -106,7 +106,10 @@ def test_resume_after_a_kill_keeps_finished_shards(tmp_path, mobilenet_none, mon
     out = tmp_path / "records"
     finished = pathlib.Path(commits[0])
     assert finished.exists() and not (out / "manifest.json").exists()
-    assert list(out.glob(".*.tmp")), "the killed shard is left under its temporary name"
+    left = list(out.glob(".*.tmp"))
+    assert left, "the killed shard is left under its temporary name"
+    assert all(f".{os.getpid()}.tmp" in p.name for p in left)  # unique to its process
+    (out / ".train-00000-of-00009.tfrecord.tmp").write_bytes(b"")  # an older koala's name
     stamp = finished.stat().st_mtime_ns
 
     with pytest.raises(RecordsError, match="--resume"):
@@ -271,3 +274,27 @@ def test_broken_and_odd_files_from_make_odd_files(tmp_path, mobilenet_none):
     assert read_names(tmp_path / "records") == sorted(odd.ODD)
     reasons = {s["path"]: s["reason"] for s in result.manifest["skipped"]}
     assert "limit" in reasons["bomb.png"] and "truncated" in reasons["truncated.jpg"]
+
+
+def test_a_build_into_a_busy_output_dir_is_refused_until_its_holder_dies(tmp_path):
+    import signal
+
+    make_photo_folder(tmp_path / "photos", n_good=3, with_bad=False)
+    out = tmp_path / "records"
+    out.mkdir()
+    holder = subprocess.Popen(  # another process building into the same folder
+        [sys.executable, "-c", "import sys, time\nfrom koala.core.io import exclusive\n"
+         "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True)\n"
+         "    time.sleep(120)\n", str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(KoalaError, match=rf"in use by another build_records run \(PID "
+                                             rf"{holder.pid} "):
+            build.build(config(tmp_path, groups=("rgb",)))
+        assert not (out / "manifest.json").exists() and not (out / ".build").exists()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+        holder.stdout.close()
+    assert build.build(config(tmp_path, groups=("rgb",))).ok

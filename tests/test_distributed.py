@@ -216,7 +216,7 @@ def test_two_workers_train_identically_fail_together_and_resume(records, tmp_pat
     run2 = tmp_path / "run2"
     procs = _launch(tmp_path, run2, records, 10_000, "b")
     try:
-        meta = run2 / "backup" / "training_metadata.json"
+        meta = run2 / "backup" / "latest" / "training_metadata.json"
         deadline = time.time() + 180
         while not meta.exists() and time.time() < deadline and procs[0].poll() is None:
             time.sleep(0.5)

@@ -1,6 +1,7 @@
 """koala.cli.train: smoke training from records, resume after a kill, NaN stop, flags."""
 
 import csv
+import json
 import os
 import pathlib
 import subprocess
@@ -104,6 +105,52 @@ def test_resume_after_a_kill_mid_epoch(records, tmp_path):
     assert registry.train(*cfg).epoch == []
     assert registry.train(*smoke(records, tmp_path / "run", epochs=5)).epoch == [4]
     assert log_epochs(tmp_path / "run") == [0, 1, 2, 3, 4]
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_torn_backup_falls_back_to_the_one_before(records, tmp_path):
+    cfg = smoke(records, tmp_path / "run", epochs=2)
+    registry.train(*cfg)
+    backup = tmp_path / "run" / "backup"
+    assert json.loads((backup / "latest" / "training_metadata.json").read_text())["epoch"] == 2
+    assert json.loads((backup / "previous" / "training_metadata.json").read_text())["epoch"] == 1
+    _truncate(backup / "latest" / "latest.weights.h5")  # a kill during a plain overwrite
+    (backup / ".tmp-99999").mkdir()  # a save a kill interrupted
+    history = registry.train(*smoke(records, tmp_path / "run", epochs=3))
+    assert history.epoch == [1, 2], "resumed from previous/ (epoch 1), not from 0"
+    assert log_epochs(tmp_path / "run") == [0, 1, 2]
+    assert sorted(p.name for p in backup.iterdir()) == ["latest", "previous"]
+
+
+def test_a_kill_between_the_renames_resumes_from_the_previous_backup(records, tmp_path):
+    cfg = smoke(records, tmp_path / "run", epochs=2)
+    registry.train(*cfg)
+    backup = tmp_path / "run" / "backup"
+    (backup / "latest").rename(backup / ".tmp-12345")  # previous/ moved, latest/ not yet
+    history = registry.train(*smoke(records, tmp_path / "run", epochs=3))
+    assert history.epoch == [1, 2]
+
+
+def test_a_backup_that_cannot_load_is_one_line_naming_the_file(records, tmp_path, capsys):
+    cfg = smoke(records, tmp_path / "run", epochs=2)
+    registry.train(*cfg)
+    backup = tmp_path / "run" / "backup"
+    for folder in ("latest", "previous"):
+        _truncate(backup / folder / "latest.weights.h5")
+    with pytest.raises(KoalaError, match=r"backup does not load .*latest/latest\.weights\.h5"
+                                         r".*previous/latest\.weights\.h5.*delete"):
+        registry.train(*smoke(records, tmp_path / "run", epochs=3))
+    status = cli_main("train", "--model=fusion_small", f"--workdir={tmp_path / 'run'}",
+                      f"--train_records={records}", "--epochs=3", "--steps_per_epoch=2",
+                      "--batch_size=2", "--lr_boundaries=1", "--shuffle_buffer=8",
+                      "--image_grid_count=2", "--mixed_precision=float32")
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the training backup does not load")
 
 
 def test_nan_loss_stops_with_an_error_and_keeps_the_backup(records, tmp_path):
@@ -329,3 +376,28 @@ def test_init_from_a_model_that_does_not_fit_names_the_layers(records, tmp_path)
     run, cfg = smoke(records, tmp_path / "run2", model="fsrcnn_small", init_from=str(bad))
     with pytest.raises(KoalaError, match="not a Keras model"):
         registry.train(run, cfg)
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_and_a_dead_ones_lock_taken_over(
+        records, tmp_path):
+    import signal
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(  # another process holding the workdir, as a running train does
+        [sys.executable, "-c", "import sys, time\nfrom koala.core.io import exclusive\n"
+         "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True)\n"
+         "    time.sleep(120)\n", str(run)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(KoalaError, match=rf"in use by another koala\.train run \(PID "
+                                             rf"{holder.pid} on .*started"):
+            registry.train(*smoke(records, run, epochs=1))
+        assert not (run / "run.json").exists()  # refused before it wrote anything
+        holder.send_signal(signal.SIGKILL)  # killed: its lock file stays, its lock does not
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+        holder.stdout.close()
+    assert (run / ".lock").exists()
+    assert registry.train(*smoke(records, run, epochs=1)).epoch == [0]

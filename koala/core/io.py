@@ -8,9 +8,15 @@ rename is the best a bucket offers.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
-from collections.abc import Callable
+import socket
+import sys
+from collections.abc import Callable, Iterator
+
+from koala.core.errors import KoalaError
 
 
 def _is_remote(path: str) -> bool:
@@ -61,3 +67,46 @@ def atomic_write_json(path, obj, *, indent: int = 2, ensure_ascii: bool = False)
     """``obj`` as JSON text, written atomically. ``ensure_ascii=True`` escapes non-ASCII
     text, which also writes a file name's lone surrogates (a non-UTF-8 name) exactly."""
     atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii) + "\n")
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder, what: str, *, name: str = LOCK_FILE) -> Iterator[None]:
+    """Holds ``folder/.lock`` (``flock``) while the block runs, so two processes never write
+    into one output folder at once: the second gets a :class:`KoalaError` naming the first
+    (its PID, host, command and start time), at once. The kernel drops the lock when its
+    process ends, however it ends, so the file a killed run leaves is simply taken over.
+    Remote folders (``gs://``...) and systems without ``fcntl`` are not locked.
+
+    ``what`` names the holder in the message ("another koala.train run"); ``name`` is the
+    lock file's name in ``folder``.
+    """
+    folder = os.fspath(folder)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    if fcntl is None or _is_remote(folder):
+        yield
+        return
+    fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            raise KoalaError(f"{folder} is in use by {what} ({holder or 'another process'}); "
+                             f"wait for it to end, or stop it") from None
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        note = (f"PID {os.getpid()} on {socket.gethostname()}, started {started}: "
+                f"{' '.join(sys.argv)[:300]}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note.encode("utf-8", "replace"), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock

@@ -29,8 +29,9 @@ def load(path, types: tuple, kind: str) -> keras.Model:
     ``path`` may be a preset name (:mod:`koala.presets`): its file is sha256-checked first.
 
     Raises:
-      KoalaError: the preset is unknown or damaged, the file is missing, is not a loadable Keras model, or holds a model that
-        is not one of ``types`` (``kind`` names what was expected, for the message).
+      KoalaError: the preset is unknown or damaged, the file is missing, is not a loadable
+        Keras model, or holds a model that is not one of ``types`` (``kind`` names what was
+        expected, for the message).
     """
     path = presets.resolve(path)
     if not os.path.isfile(path):

@@ -12,7 +12,8 @@ A run writes to its workdir:
   last.keras          the model after the last finished epoch
   log.csv             one row per epoch (loss, val_loss, learning rate)
   tensorboard/        scalars, and an image grid of fixed validation examples every epoch
-  backup/             BackupAndRestore's state (weights, optimizer, epoch)
+  backup/             the last two backups (weights, optimizer, epoch), ``latest/`` and
+                      ``previous/``, each written whole then renamed (:class:`AtomicBackup`)
 
 Checkpoints are written under a temporary name and renamed (:mod:`koala.core.io`), so a kill
 never leaves a half-written ``.keras``. Re-running the same command after a kill resumes from
@@ -25,6 +26,7 @@ epoch 0 and never repeats an epoch. Re-running a finished run does nothing; rais
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -32,6 +34,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Callable
 
@@ -44,7 +47,7 @@ from koala import presets
 from koala.core import distributed, run_config, saving
 from koala.core import optimizers as optimizers_lib
 from koala.core.errors import KoalaError
-from koala.core.io import atomic_write, atomic_write_json
+from koala.core.io import atomic_write, atomic_write_json, exclusive
 from koala.core.run_config import RunConfig
 from koala.core.task import ModelEntry, Task
 from koala.data import records
@@ -85,6 +88,80 @@ def learning_rate_schedule(run: RunConfig) -> Callable[[int], float]:
 
 
 # --- callbacks ---------------------------------------------------------------------------------
+
+
+class AtomicBackup(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` whose backup a kill can never tear.
+
+    Each backup is a folder, ``backup/latest/`` (keras' ``latest.weights.h5``, with the
+    optimizer state, and ``training_metadata.json``, the epoch), written as
+    ``backup/.tmp-PID/`` and renamed; the one before it is kept as ``backup/previous/`` until
+    the new one is complete. A resumed run loads ``latest``, else ``previous`` (a kill between
+    the two renames), else an older koala's flat ``backup/latest.weights.h5``. A backup that
+    does not load falls back to the one before it with a warning; with none left the run stops
+    with one line naming each file and what to do (:class:`KoalaError`), never a traceback.
+    """
+
+    LATEST, PREVIOUS = "latest", "previous"
+    _FILES = ("latest.weights.h5", "training_metadata.json")
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, delete_checkpoint=False)
+
+    def _use(self, folder: str) -> None:
+        self._weights_path, self._training_metadata_path = (
+            os.path.join(folder, name) for name in self._FILES)
+
+    def on_train_begin(self, logs=None):
+        if not os.path.isdir(self.backup_dir):
+            return
+        for name in os.listdir(self.backup_dir):  # a save that a kill interrupted
+            if name.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(self.backup_dir, name), ignore_errors=True)
+        folders = [os.path.join(self.backup_dir, n) for n in (self.LATEST, self.PREVIOUS)]
+        folders = [f for f in folders if os.path.isdir(f)] or (
+            [self.backup_dir] if os.path.exists(os.path.join(self.backup_dir, self._FILES[0]))
+            else [])
+        problems = []
+        for folder in folders:
+            self._use(folder)
+            missing = [n for n in self._FILES if not os.path.isfile(os.path.join(folder, n))]
+            try:
+                if missing:
+                    raise FileNotFoundError(f"no {' or '.join(missing)}")
+                self._load_model()
+            except Exception as e:  # h5py's OSError, keras' ValueError, bad JSON, ...
+                detail = " ".join(str(e).split())[:200]
+                problems.append(f"{self._weights_path}: {type(e).__name__}: {detail}")
+                continue
+            if problems:
+                log.warning("backup damaged (%s); resumed from %s instead", problems[0], folder)
+            return
+        if problems:
+            raise KoalaError(f"the training backup does not load ({'; '.join(problems)}); "
+                             f"delete {self.backup_dir} to start this run over from epoch 0, "
+                             f"or train into a new --workdir")
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        tmp = os.path.join(self.backup_dir, f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        self._use(tmp)
+        super()._save_model()  # keras writes the weights and the epoch into tmp
+        for name in self._FILES:
+            fd = os.open(os.path.join(tmp, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        latest, previous = (os.path.join(self.backup_dir, n) for n in (self.LATEST,
+                                                                        self.PREVIOUS))
+        if os.path.isdir(latest):
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(latest, previous)
+        os.replace(tmp, latest)
+        self._use(latest)
 
 
 class Checkpoints(keras.callbacks.Callback):
@@ -331,12 +408,15 @@ def train(run: RunConfig, cfg, entry: ModelEntry, task: Task, *, flags_text: str
     strategy = _strategy(run) if run.distribute == "multi_worker" else None
     chief = strategy is None or distributed.is_chief(strategy)
     os.makedirs(run.workdir, exist_ok=True)
-    _check_workdir(run, cfg)
-    workdir = distributed.worker_dir(run.workdir, chief) if strategy else run.workdir
-    try:
-        return _train(run, cfg, entry, task, strategy, workdir, flags_text, extra_callbacks)
-    finally:
-        distributed.remove_worker_dir(workdir, run.workdir)
+    # One writer per workdir: the chief (workers write into scratch folders of their own).
+    with exclusive(run.workdir, "another koala.train run") if chief else contextlib.nullcontext():
+        _check_workdir(run, cfg)
+        workdir = distributed.worker_dir(run.workdir, chief) if strategy else run.workdir
+        try:
+            return _train(run, cfg, entry, task, strategy, workdir, flags_text,
+                          extra_callbacks)
+        finally:
+            distributed.remove_worker_dir(workdir, run.workdir)
 
 
 def _train(run, cfg, entry, task, strategy, workdir: str, flags_text, extra_callbacks):
@@ -379,8 +459,7 @@ def _train(run, cfg, entry, task, strategy, workdir: str, flags_text, extra_call
         monitor = f"val_{monitor}" if data.val is not None else monitor
         tb_dir = os.path.join(workdir, "tensorboard")
         callbacks = [
-            keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"),
-                                             delete_checkpoint=False),
+            AtomicBackup(os.path.join(workdir, "backup")),
             keras.callbacks.TerminateOnNaN(raise_error=True),
             keras.callbacks.LearningRateScheduler(learning_rate_schedule(run)),
             CSVLog(os.path.join(workdir, "log.csv")),

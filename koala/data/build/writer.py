@@ -34,6 +34,7 @@ from PIL import Image
 
 import koala
 from koala.core.errors import ImageError, RecordsError
+from koala.core.io import LOCK_FILE, exclusive
 from koala.core.progress import Progress
 from koala.data import features
 from koala.data.build import plan as plan_lib
@@ -174,7 +175,9 @@ class _ShardWriter:
     def __init__(self, output_dir: str, plan: ShardPlan, config: BuildConfig):
         self.plan = plan
         self.final = os.path.join(output_dir, plan.filename(config.compression))
-        self.tmp = os.path.join(output_dir, f".{plan.filename(config.compression)}.tmp")
+        # Unique per process (.<shard>.<pid>.tmp): two builds never write one temporary file.
+        self.tmp = os.path.join(output_dir,
+                                f".{plan.filename(config.compression)}.{os.getpid()}.tmp")
         options = tf.io.TFRecordOptions(compression_type=COMPRESSIONS[config.compression])
         self.writer = tf.io.TFRecordWriter(self.tmp, options)
         self.records = 0
@@ -244,7 +247,11 @@ class Builder:
     def _is_own_tmp(self, name: str) -> bool:
         if not (name.startswith(".") and name.endswith(".tmp")):
             return False
-        return not self.part or bool(self.own_shard_re.match(name[1:-4]))
+        base = name[1:-4]
+        head, _, pid = base.rpartition(".")
+        if pid.isdigit():  # .<shard>.<pid>.tmp; older builds wrote .<shard>.tmp
+            base = head
+        return not self.part or bool(self.own_shard_re.match(base))
 
     def _prepare_output(self) -> None:
         foreign_parts = self._check_neighbours()
@@ -345,6 +352,14 @@ class Builder:
         if not tf.io.gfile.isdir(cfg.input_dir):
             raise RecordsError(f"input_dir {cfg.input_dir} is not a directory")
         tf.io.gfile.makedirs(self.out)
+        # One build (or one part of a distributed build) at a time in an output folder.
+        lock, who = ((f"{LOCK_FILE}-{self.part}", f"another build_records run of {self.part}")
+                     if self.part else (LOCK_FILE, "another build_records run"))
+        with exclusive(self.out, who, name=lock):
+            return self._run(start)
+
+    def _run(self, start: float) -> BuildResult:
+        cfg = self.config
         self._prepare_output()
         found = {p.relative_to(cfg.input_dir).as_posix(): str(p)
                  for p in find_images(cfg.input_dir)}
