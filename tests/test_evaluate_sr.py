@@ -360,3 +360,21 @@ def test_a_preset_name_is_evaluated_and_a_wrong_one_lists_the_names(photos, tmp_
     err = capsys.readouterr().err
     assert "fsrcnn_x9" in err and "fsrcnn_x2" in err and "fsrcnn_x3" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_name_that_is_not_utf8_and_a_thin_strip(tmp_path, capsys):
+    # The name used to crash the report (UnicodeEncodeError writing metrics.json).
+    images = tmp_path / "imgs"
+    images.mkdir()
+    odd = os.path.join(os.fsencode(images), b"caf\xe9.png")
+    Image.fromarray(smooth_image(40, 50)).save(os.fsdecode(odd))
+    Image.fromarray(np.zeros((1, 300, 3), np.uint8)).save(images / "strip.png")
+    out = tmp_path / "out"
+    assert evaluate.main(["evaluate", "--task=sr", "--model=fsrcnn_x2", f"--images={images}",
+                          "--scale=2", f"--output_dir={out}", "--noprogress"]) == 0
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert [e["name"] for e in report["per_image"]] == ["caf\\xe9.png"]
+    assert report["skipped"][0]["path"] == "strip.png"
+    assert "too small" in report["skipped"][0]["reason"]
+    assert "caf\\xe9.png" in (out / "metrics.md").read_text(encoding="utf-8")
+    assert not list(out.glob("*.tmp*")) and not list(out.glob(".tmp*"))

@@ -29,8 +29,8 @@ from koala.core import report as fmt
 from koala.core.errors import ImageError, KoalaError
 from koala.core.io import atomic_write
 from koala.core.progress import Progress
-from koala.ops import geometry, images, metrics
-from koala.ops.grid import save_png
+from koala.ops import images, metrics
+from koala.ops.grid import fit_cell, save_png
 
 SSIM_MIN_SIDE = 11
 """SSIM's Gaussian window is 11x11 (koala.ops.metrics): smaller images have no SSIM."""
@@ -52,14 +52,16 @@ class Skip(Exception):
 
 
 def display_name(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
-    """``path`` relative to ``root`` (posix), or as given when it isn't under ``root``."""
+    """``path`` relative to ``root`` (posix), or as given when it isn't under ``root``; the
+    bytes of a non-UTF-8 name as ``\\xe9`` escapes (:func:`koala.core.report.printable`),
+    so every report can write it."""
     path = pathlib.Path(path)
     if root is not None:
         try:
-            return path.relative_to(root).as_posix()
+            return fmt.printable(path.relative_to(root).as_posix())
         except ValueError:
             pass
-    return str(path)
+    return fmt.printable(str(path))
 
 
 def model_source(name_or_path: str) -> str:
@@ -146,10 +148,10 @@ def psnr_ssim(truth: np.ndarray, output: np.ndarray) -> dict:
 
 
 def shrink_cells(cells: list[np.ndarray], height: int) -> list[np.ndarray]:
-    """A grid row's cells resized to ``height`` (aspect kept), so a grid never holds
-    full-size copies of every image."""
-    return [geometry.resize(c, height, max(1, round(c.shape[1] * height / c.shape[0])))
-            for c in cells]
+    """A grid row's cells resized to ``height`` (aspect kept, at most
+    :data:`koala.ops.grid.MAX_ASPECT` times as wide), so a grid never holds full-size copies
+    of every image, and an extreme strip never makes a huge cell."""
+    return [fit_cell(c, height) for c in cells]
 
 
 def require_images(result: dict, images_dir) -> None:

@@ -30,10 +30,20 @@ DECIMALS = {"psnr": 2, "ssim": 4, "colorfulness": 2, "delta_e00": 2,
 """Decimals a metric is printed with (others: 4)."""
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 file name (the surrogate escapes of
+    ``os.fsdecode``) written as ``\\xe9`` escapes: always encodable, readable, and the same
+    for the same bytes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _json_safe(value):
-    """``value`` with non-finite floats made JSON-safe: +-inf -> "inf"/"-inf", NaN -> None."""
+    """``value`` with non-finite floats made JSON-safe (+-inf -> "inf"/"-inf", NaN -> None)
+    and every string :func:`printable`."""
+    if isinstance(value, str):
+        return printable(value)
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
@@ -77,7 +87,7 @@ def model_names(paths: Sequence[str | os.PathLike], *,
     unique = []
     for name in names:
         seen[name] = seen.get(name, 0) + 1
-        unique.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        unique.append(printable(name if seen[name] == 1 else f"{name}#{seen[name]}"))
     return unique
 
 

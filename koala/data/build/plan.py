@@ -19,6 +19,7 @@ import re
 import tensorflow as tf
 
 from koala.core.io import atomic_write_json
+from koala.core.report import printable  # noqa: F401  (re-exported: the build's names)
 from koala.data import features
 from koala.ops import geometry
 from koala.ops.images import DEFAULT_MAX_PIXELS
@@ -154,11 +155,6 @@ class ShardPlan:
 def name_bytes(name: str) -> bytes:
     """The file system's bytes of a name (UTF-8 for a valid one, so its hashes never change)."""
     return name.encode("utf-8", "surrogateescape")
-
-
-def printable(text: str) -> str:
-    """``text`` with the bytes of a non-UTF-8 name as ``\\xe9`` escapes: always encodable."""
-    return name_bytes(text).decode("utf-8", "backslashreplace")
 
 
 def _hash64(data: bytes) -> int:
