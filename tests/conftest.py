@@ -70,7 +70,4 @@ def cli_main(tool: str, *args) -> int:
     from koala.cli import common
 
     module = importlib.import_module(f"koala.cli.{tool}")
-    try:
-        return module.main([f"koala.{tool}", *map(str, args)])
-    except common.Exit as e:
-        return e.status
+    return common.call(module.main, [f"koala.{tool}", *map(str, args)])

@@ -52,12 +52,53 @@ def parse(argv, define: Callable[[flags.FlagValues], None], *, doc: str,
 
 
 def run(main: Callable[[list[str]], int]) -> None:
-    """``sys.exit(main(sys.argv))`` for a console script or ``python -m``."""
+    """``sys.exit(call(main, sys.argv))`` for a console script or ``python -m``."""
+    sys.exit(call(main, sys.argv))
+
+
+# TensorFlow's errors that a user's storage causes (its file writers report a full disk as
+# ResourceExhausted); matched by name, so that this module imports no TensorFlow.
+_TF_STORAGE_ERRORS = ("PermissionDeniedError", "ResourceExhaustedError")
+
+
+def call(main: Callable[[list[str]], int], argv) -> int:
+    """``main(argv)``'s exit status, with what the machine (not koala) refused as one line:
+
+    * an ``OSError`` (a read-only or unwritable folder, a full disk, a lost mount): ``error:``
+      its reason and the file, status 1 (a full disk adds that finished work is kept and a
+      re-run resumes);
+    * TensorFlow's permission and resource errors from its file writers, the same way;
+    * Ctrl-C: ``interrupted``, status 130 (temporary files are removed by their writers).
+
+    Programming errors still raise, with their traceback.
+    """
     try:
-        status = main(sys.argv)
+        return main(argv)
     except Exit as e:
-        status = e.status
-    sys.exit(status)
+        return e.status
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        return error(storage_message(e), 1)
+    except Exception as e:
+        if type(e).__name__ in _TF_STORAGE_ERRORS and type(e).__module__.startswith(
+                "tensorflow"):
+            return error(" ".join(str(getattr(e, "message", e)).split()), 1)
+        raise
+
+
+def storage_message(e: OSError) -> str:
+    """One line for an ``OSError``: its reason, the file(s) it names, and for a full disk what
+    happens next."""
+    import errno
+
+    reason = e.strerror or str(e) or type(e).__name__
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    line = f"{reason}: {where}" if where else reason
+    if e.errno == errno.ENOSPC:
+        line += " (free some space and run the same command again: finished work is kept)"
+    return line
 
 
 def default_model(fv: flags.FlagValues, family: str, *, scale: int | None = None) -> int:

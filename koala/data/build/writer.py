@@ -189,6 +189,16 @@ class _ShardWriter:
         self.records += 1
         self.bytes.update(sizes)
 
+    def abort(self) -> None:
+        """Closes and removes the temporary file after a storage error (a full disk): the
+        shard is redone by a resumed run, and no partial file is left behind."""
+        try:
+            self.writer.close()
+        except (OSError, tf.errors.OpError):
+            pass
+        if tf.io.gfile.exists(self.tmp):
+            tf.io.gfile.remove(self.tmp)
+
     def commit(self) -> dict:
         self.writer.close()
         _fsync(self.tmp)
@@ -351,7 +361,10 @@ class Builder:
         start = time.monotonic()
         if not tf.io.gfile.isdir(cfg.input_dir):
             raise RecordsError(f"input_dir {cfg.input_dir} is not a directory")
-        tf.io.gfile.makedirs(self.out)
+        try:
+            tf.io.gfile.makedirs(self.out)
+        except tf.errors.OpError as e:  # a file in the way, a read-only mount, no permission
+            raise RecordsError(f"cannot create --output_dir {self.out}: {e.message}") from None
         # One build (or one part of a distributed build) at a time in an output folder.
         lock, who = ((f"{LOCK_FILE}-{self.part}", f"another build_records run of {self.part}")
                      if self.part else (LOCK_FILE, "another build_records run"))
@@ -400,15 +413,19 @@ class Builder:
             results = _bounded_map(pool, prepare, jobs, window=2 * cfg.batch_size)
             for plan in todo:
                 writer = _ShardWriter(self.out, plan, cfg)
-                remaining = len(plan.names)
-                while remaining:
-                    n = min(cfg.batch_size, remaining)
-                    batch = [next(results) for _ in range(n)]
-                    remaining -= n
-                    self._write_batch(writer, batch, embedder)
-                    bar.update(n)
-                t = time.perf_counter()
-                state = writer.commit()
+                try:
+                    remaining = len(plan.names)
+                    while remaining:
+                        n = min(cfg.batch_size, remaining)
+                        batch = [next(results) for _ in range(n)]
+                        remaining -= n
+                        self._write_batch(writer, batch, embedder)
+                        bar.update(n)
+                    t = time.perf_counter()
+                    state = writer.commit()
+                except (OSError, tf.errors.OpError):  # a full disk, a lost mount
+                    writer.abort()
+                    raise
                 write_json(self._state_path(plan), state)
                 self.seconds["write"] += time.perf_counter() - t
                 yield plan, state

@@ -1,0 +1,105 @@
+"""What the machine refuses (an unwritable output, a full disk, Ctrl-C) is one line, never a
+traceback, and leaves no temporary file (issue 19, defects 6 and 7)."""
+
+import errno
+import pathlib
+
+import pytest
+from conftest import cli_main, make_photo_folder
+
+from koala.data import build
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("storage")
+    make_photo_folder(root / "photos", n_good=6, with_bad=False)
+    return root / "photos"
+
+
+@pytest.fixture(scope="module")
+def rgb_records(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("records") / "rgb"
+    result = build.build(build.BuildConfig(input_dir=str(photos), output_dir=str(out),
+                                           groups=("rgb",), val_fraction=0.3, progress=False))
+    assert result.ok
+    return out
+
+
+def one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("tool", ["build_records", "train", "evaluate"])
+def test_an_unwritable_output_is_one_line_naming_it(tool, photos, rgb_records, tmp_path,
+                                                     capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # a real unwritable place, even for root
+    out = blocker / "out"
+    args = {
+        "build_records": [f"--input_dir={photos}", f"--output_dir={out}", "--groups=rgb"],
+        "train": ["--flagfile=experiments/smoke_srcnn.flags", f"--train_records={rgb_records}",
+                  f"--workdir={out}"],
+        "evaluate": ["--task=sr", "--scale=2", "--model=fsrcnn_x2", f"--images={photos}",
+                     f"--output_dir={out}", "--noprogress"],
+    }[tool]
+    assert cli_main(tool, *args) in (1, 2)
+    line = one_error_line(capsys)
+    assert "not a directory" in line.lower() and str(blocker) in line, line
+
+
+def test_a_full_disk_in_a_build_is_one_line_leaves_no_temporary_shard_and_resumes(
+        photos, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "records"
+    real_write = build._ShardWriter.write
+    written = []
+
+    def full_disk(self, serialized, sizes):
+        if written:  # the second record no longer fits
+            raise OSError(errno.ENOSPC, "No space left on device", self.tmp)
+        written.append(1)
+        return real_write(self, serialized, sizes)
+
+    monkeypatch.setattr(build._ShardWriter, "write", full_disk)
+    args = [f"--input_dir={photos}", f"--output_dir={out}", "--groups=rgb",
+            "--examples_per_shard=2", "--noprogress"]
+    assert cli_main("build_records", *args) == 1
+    line = one_error_line(capsys)
+    assert "No space left on device" in line and str(out) in line
+    assert "run the same command again" in line
+    assert not list(out.glob(".*.tmp")), "the partial shard was left behind"
+    monkeypatch.setattr(build._ShardWriter, "write", real_write)  # space freed
+    assert cli_main("build_records", *args, "--resume") == 0
+    assert (out / "manifest.json").exists()
+
+
+def test_a_full_disk_while_training_is_one_line(rgb_records, tmp_path, capsys, monkeypatch):
+    from koala.core import saving
+
+    def full_disk(model, path):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as h5py reports it: no name
+
+    monkeypatch.setattr(saving, "save", full_disk)
+    monkeypatch.chdir(REPO)
+    assert cli_main("train", "--flagfile=experiments/smoke_srcnn.flags",
+                    f"--train_records={rgb_records}", f"--workdir={tmp_path / 'run'}") == 1
+    line = one_error_line(capsys)
+    assert line.startswith("error: No space left on device (free some space")
+
+
+def test_ctrl_c_is_status_130_and_one_line(photos, tmp_path, capsys, monkeypatch):
+    from koala.tasks.sr import inference
+
+    def interrupted(self, rgb):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference.Upscaler, "upscale", interrupted)
+    assert cli_main("upscale", str(photos), "-o", str(tmp_path / "out"), "--noprogress") == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
