@@ -154,12 +154,14 @@ def test_colourless_truth_is_reproduced_by_the_baseline(tmp_path):
     assert entry["gray"]["colorfulness"] < 0.5 and entry["gray"]["delta_e00"] < 0.5
 
 
-def test_tiny_images_have_no_ssim_and_max_images_stops_early(tmp_path):
-    small = [write_image(tmp_path / f"s{i}.png", smooth_image(8, 30, seed=i)) for i in range(3)]
-    result = evaluator.colorize_report({"perfect": Perfect()}, small, max_images=2)
+def test_thin_images_are_skipped_with_their_reason_and_max_images_stops_early(tmp_path):
+    thin = write_image(tmp_path / "thin.png", smooth_image(8, 30, seed=9))
+    small = [write_image(tmp_path / f"s{i}.png", smooth_image(12, 30, seed=i)) for i in range(3)]
+    result = evaluator.colorize_report({"perfect": Perfect()}, [thin, *small], max_images=2)
     assert result["images"] == 2
-    assert all(e[m]["ssim"] is None for e in result["per_image"] for m in ("gray", "perfect"))
-    assert result["mean"]["gray"]["ssim"] is None
+    assert result["skipped"] == [{"path": str(thin), "reason": "too thin to score: 30x8 px; "
+                                  "SSIM's window needs 11 px a side"}]
+    assert all(e[m]["ssim"] is not None for e in result["per_image"] for m in ("gray", "perfect"))
     assert math.isfinite(result["mean"]["gray"]["psnr"])
     with pytest.raises(ValueError, match="reserved"):
         evaluator.colorize_report({"gray": Perfect()}, small)

@@ -204,17 +204,19 @@ def test_mod_crop_and_small_images(tmp_path):
              write_image(tmp_path / "tiny.png", smooth_image(6, 40, seed=2))]
     stub = BicubicStub(3)
     result = evaluator.sr_report({"m": stub}, paths, scale=3, root=tmp_path)
-    odd, narrow = result["per_image"]
+    odd, = result["per_image"]
     assert (odd["height"], odd["width"], odd["lr_height"], odd["lr_width"]) == (30, 18, 10, 6)
-    assert (narrow["height"], narrow["width"]) == (15, 39)
-    assert [x.shape for x in stub.inputs] == [(10, 6, 3), (5, 13, 3)]
-    # SSIM-Y needs 11 px a side after the border crop: 24 x 12 has it, 9 x 33 hasn't.
-    assert odd["m"]["ssim_y"] is not None and narrow["m"]["ssim_y"] is None
-    assert math.isfinite(narrow["m"]["psnr_y"])
+    assert [x.shape for x in stub.inputs] == [(10, 6, 3)]
+    # SSIM-Y needs 11 px a side after the border crop: 24 x 12 has it, 9 x 33 hasn't, so
+    # narrow.png is skipped with its reason, before any model runs on it.
+    assert odd["m"]["ssim_y"] is not None
     assert result["mean"]["m"]["ssim_y"] == odd["m"]["ssim_y"]
     # 6 px <= 2 * 3: nothing left after the border crop.
-    assert [s["path"] for s in result["skipped"]] == ["tiny.png"]
-    assert "too small" in result["skipped"][0]["reason"]
+    assert [s["path"] for s in result["skipped"]] == ["narrow.png", "tiny.png"]
+    assert result["skipped"][0]["reason"] == (
+        "too thin to score: 39x15 px, 9 px a side after the 3 px border crop; SSIM's window "
+        "needs 11 px a side")
+    assert "too small" in result["skipped"][1]["reason"]
 
 
 def test_stub_errors(photos):

@@ -51,6 +51,17 @@ class Skip(Exception):
         self.reason = reason
 
 
+def check_scorable(height: int, width: int, *, crop: int = 0) -> None:
+    """Raises :class:`Skip` for an image too thin for SSIM's 11 x 11 window once ``crop`` px
+    of border go from each side: its scores would not be comparable with the others' (as
+    build_records skips images too small to use)."""
+    side = min(height, width) - 2 * crop
+    if side < SSIM_MIN_SIDE:
+        after = f", {side} px a side after the {crop} px border crop" if crop else ""
+        raise Skip(f"too thin to score: {width}x{height} px{after}; SSIM's window needs "
+                   f"{SSIM_MIN_SIDE} px a side")
+
+
 def display_name(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
     """``path`` relative to ``root`` (posix), or as given when it isn't under ``root``; the
     bytes of a non-UTF-8 name as ``\\xe9`` escapes (:func:`koala.core.report.printable`),

@@ -147,6 +147,7 @@ def codec_report(
     methods = [LUMA, LUMA_DECODED, CODEC, *map(_jpeg_method, jpeg_qualities)]
 
     def score(name: str, truth: np.ndarray) -> dict:
+        evaluation.check_scorable(*truth.shape[:2])
         gray = codec_lib.encode(encoder, truth)
         stored = codec_lib.round_trip(gray, "PNG")
         luma = codec_lib.luma(truth)

@@ -187,6 +187,7 @@ def colorize_report(
     methods = [GRAY, *colorizers]
 
     def score(name: str, truth: np.ndarray) -> dict:
+        evaluation.check_scorable(*truth.shape[:2])
         outputs = {GRAY: gray_baseline(truth)}
         for model_name, colorizer in colorizers.items():
             output = np.asarray(colorizer.colorize(truth, saturation=saturation))

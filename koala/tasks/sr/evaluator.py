@@ -160,11 +160,11 @@ def bicubic_baseline(lr: np.ndarray, scale: int) -> np.ndarray:
 
 
 def _method_metrics(hr: np.ndarray, output: np.ndarray, scale: int) -> dict:
-    """Y-PSNR and Y-SSIM (border crop = scale) and whole-image RGB PSNR of one output."""
-    fits = min(hr.shape[:2]) - 2 * scale >= evaluation.SSIM_MIN_SIDE
+    """Y-PSNR and Y-SSIM (border crop = scale) and whole-image RGB PSNR of one output (the
+    image has SSIM's 11 px a side after the crop: :func:`koala.core.evaluation.check_scorable`)."""
     return {
         "psnr_y": metrics.psnr_y(hr, output, crop=scale),
-        "ssim_y": metrics.ssim_y(hr, output, crop=scale) if fits else None,
+        "ssim_y": metrics.ssim_y(hr, output, crop=scale),
         "psnr_rgb": metrics.psnr(hr, output, peak=255.0),
     }
 
@@ -230,6 +230,7 @@ def sr_report(
             raise evaluation.Skip(
                 f"too small for x{scale}: {rgb.shape[1]}x{rgb.shape[0]} px, the "
                 f"{scale} px border crop needs more than {2 * scale} px a side")
+        evaluation.check_scorable(*hr.shape[:2], crop=scale)
         lr = degrade(hr, scale)
         outputs = {BICUBIC: bicubic_baseline(lr, scale)}
         for model_name, upscaler in upscalers.items():
