@@ -59,7 +59,14 @@ def make_grid(rows, *, height: int = 192, gap: int = GAP) -> np.ndarray:
     return canvas
 
 
+PNG_COMPRESS_LEVEL = 3
+"""zlib level of every PNG koala writes. A 6000 x 4500 upscaled photo: 2.7 s and 31.8 MB at
+3, against 8.9 s and 28.5 MB at Pillow's default 6 (1.5 s and 34.8 MB at 1) on the 2-core
+CPU, where the model itself takes 2.3 s."""
+
+
 def save_png(path, image: np.ndarray) -> None:
     """Writes a uint8 image as PNG atomically (:func:`koala.core.io.atomic_write`)."""
     image = Image.fromarray(np.asarray(image, np.uint8))
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), fsync=False)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG",
+                                              compress_level=PNG_COMPRESS_LEVEL), fsync=False)
