@@ -320,3 +320,25 @@ def test_cli_missing_model_is_a_one_line_error(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: model file not found: {missing}"]
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_missing_input_beside_good_ones_is_reported_and_the_rest_done(tmp_path, models,
+                                                                        capsys):
+    from conftest import cli_main
+
+    from koala.core import batch
+
+    write_image(tmp_path / "in" / "a.png", smooth_image(20, 24))
+    gone = tmp_path / "gone.png"
+    missing = []  # the same for colorize and codec, which pass it to batch.process too
+    pairs = batch.output_paths([tmp_path / "in", gone], tmp_path / "o", "_x", missing=missing)
+    assert [p.name for p, _ in pairs] == ["a.png"] and missing == [gone]
+    model = tmp_path / "fsrcnn.keras"
+    models["fsrcnn3_y"].save(model)
+    status = cli_main("upscale", f"--model={model}", str(tmp_path / "in"), str(gone), "-o",
+                      str(tmp_path / "out"), "--noprogress")
+    captured = capsys.readouterr()
+    assert status == 1  # one input failed, the others were done (it used to stop them all)
+    assert f"{gone}: no such file or folder" in captured.err
+    assert (tmp_path / "out" / "a_x3.png").exists()
+    assert "upscaled 1 x3, failed 1" in captured.out

@@ -86,10 +86,12 @@ def main(argv) -> int:
         return common.error(f"give at least one input image or folder to {command}")
     suffix = DEFAULT_SUFFIXES[command] if fv.suffix is None else fv.suffix
     tile = codec.DEFAULT_TILE if fv.tile is None else (fv.tile or None)
+    missing = []
     try:
         part = codec.TiledPart(codec.load_part(fv.model, COMMANDS[command]), tile=tile,
                                overlap=fv.overlap)
-        pairs = batch.output_paths(inputs, fv.output_dir, suffix, verb=command)
+        pairs = batch.output_paths(inputs, fv.output_dir, suffix, verb=command,
+                                   missing=missing)
     except (KoalaError, ValueError) as e:
         return common.error(str(e))
     if not pairs:
@@ -110,7 +112,7 @@ def main(argv) -> int:
 
     return batch.process_and_report(pairs, handle, desc=command, done_verb=f"{command}d",
                                     output_dir=fv.output_dir, max_pixels=fv.max_pixels,
-                                    progress=fv.progress)
+                                    progress=fv.progress, missing=missing)
 
 
 run = functools.partial(common.run, main)  # the console script

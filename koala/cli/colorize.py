@@ -71,13 +71,13 @@ def define_flags(fv: flags.FlagValues) -> None:
                              "--suffix must not contain a path separator", flag_values=fv)
 
 
-def output_paths(inputs, output_dir, suffix: str = "_color", samples: int = 1):
+def output_paths(inputs, output_dir, suffix: str = "_color", samples: int = 1, missing=None):
     """``(input file, output PNG)`` pairs (:func:`koala.core.batch.output_paths`); the optional
     ``<stem><suffix>_grid.png`` beside each output, and with ``samples`` > 1 the
     ``<stem><suffix>_k.png`` files, are checked for clashes too."""
     extra = tuple(f"_{k}" for k in range(1, samples + 1)) if samples > 1 else ()
     return batch.output_paths(inputs, output_dir, suffix, companions=("_grid", *extra),
-                              verb="colorize")
+                              missing=missing, verb="colorize")
 
 
 def main(argv) -> int:
@@ -91,8 +91,9 @@ def main(argv) -> int:
         return common.error("give at least one input image or folder")
     if status := common.default_model(fv, "colorize"):
         return status
+    missing = []
     try:
-        pairs = output_paths(inputs, fv.output_dir, fv.suffix, fv.samples)
+        pairs = output_paths(inputs, fv.output_dir, fv.suffix, fv.samples, missing=missing)
     except KoalaError as e:
         return common.error(str(e))
     if not pairs:
@@ -126,7 +127,7 @@ def main(argv) -> int:
 
     return batch.process_and_report(pairs, handle, desc="colorize", done_verb="colorized",
                                     output_dir=fv.output_dir, max_pixels=fv.max_pixels,
-                                    progress=fv.progress)
+                                    progress=fv.progress, missing=missing)
 
 
 run = functools.partial(common.run, main)  # the console script

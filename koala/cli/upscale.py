@@ -58,9 +58,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                              "--suffix must not contain a path separator", flag_values=fv)
 
 
-def output_paths(inputs, output_dir, suffix: str):
+def output_paths(inputs, output_dir, suffix: str, missing=None):
     """``(input file, output PNG)`` pairs (:func:`koala.core.batch.output_paths`)."""
-    return batch.output_paths(inputs, output_dir, suffix, verb="upscale")
+    return batch.output_paths(inputs, output_dir, suffix, verb="upscale", missing=missing)
 
 
 def main(argv) -> int:
@@ -75,11 +75,12 @@ def main(argv) -> int:
     if status := common.default_model(fv, "sr", scale=fv.scale or DEFAULT_SCALE):
         return status
     tile = "auto" if fv.tile is None else (fv.tile or None)
+    missing = []
     try:
         upscaler = Upscaler.load(fv.model, tile=tile, overlap=fv.overlap, fast=fv.subpixel)
         check_scale(upscaler, fv.scale)
         suffix = fv.suffix.replace("{scale}", str(upscaler.scale))
-        pairs = output_paths(inputs, fv.output_dir, suffix)
+        pairs = output_paths(inputs, fv.output_dir, suffix, missing=missing)
     except (KoalaError, ValueError) as e:
         return common.error(str(e))
     if not pairs:
@@ -89,7 +90,7 @@ def main(argv) -> int:
         grid.save_png(out, upscaler.upscale(loaded.rgb))
 
     done, failed = batch.process(pairs, handle, desc="upscale", max_pixels=fv.max_pixels,
-                                 progress=fv.progress)
+                                 progress=fv.progress, missing=missing)
     print(f"upscaled {done} x{upscaler.scale}, failed {failed} -> {fv.output_dir}")
     return 1 if failed else 0
 

@@ -12,8 +12,8 @@ from koala.core.progress import Progress
 from koala.ops import images
 
 
-def output_paths(inputs, output_dir, suffix: str, *, companions=(),
-                 verb: str = "process") -> list[tuple[pathlib.Path, pathlib.Path]]:
+def output_paths(inputs, output_dir, suffix: str, *, companions=(), verb: str = "process",
+                 missing: list | None = None) -> list[tuple[pathlib.Path, pathlib.Path]]:
     """``(input file, output PNG)`` pairs for a command line's inputs.
 
     A file maps to ``output_dir/<stem><suffix>.png``; a folder's images (found recursively by
@@ -21,15 +21,21 @@ def output_paths(inputs, output_dir, suffix: str, *, companions=(),
     file named twice is processed once. ``companions`` are other suffixes each output writes
     beside it (``"_grid"`` -> ``<stem><suffix>_grid.png``); they are checked for clashes too.
 
+    ``missing``: a list that collects the inputs that do not exist, which are then left out
+    like a bad file (:func:`process` reports them) instead of stopping everything.
+
     Raises:
-      KoalaError: an input does not exist, two inputs would write the same output, or an
-        output would overwrite an input.
+      KoalaError: an input does not exist (without ``missing``), two inputs would write the
+        same output, or an output would overwrite an input.
     """
     output_dir = pathlib.Path(output_dir)
     seen: dict[pathlib.Path, pathlib.Path] = {}
     pairs = []
     for item in inputs:
         root = pathlib.Path(item)
+        if missing is not None and not root.exists():
+            missing.append(root)
+            continue
         for path in images.find_images(root):
             if path.resolve() in seen:
                 continue
@@ -56,22 +62,27 @@ def no_images_message(inputs) -> str:
 
 
 def process_and_report(pairs, handle: Callable, *, desc: str, done_verb: str, output_dir,
-                       max_pixels: int, progress: bool = True) -> int:
+                       max_pixels: int, progress: bool = True, missing=()) -> int:
     """:func:`process`, then ``<done_verb> N, failed M -> output_dir`` on stdout; returns the
     tool's exit status: 1 if any image failed, else 0."""
-    done, failed = process(pairs, handle, desc=desc, max_pixels=max_pixels, progress=progress)
+    done, failed = process(pairs, handle, desc=desc, max_pixels=max_pixels, progress=progress,
+                           missing=missing)
     print(f"{done_verb} {done}, failed {failed} -> {output_dir}")
     return 1 if failed else 0
 
 
 def process(pairs, handle: Callable, *, desc: str, max_pixels: int,
-            progress: bool = True) -> tuple[int, int]:
+            progress: bool = True, missing=()) -> tuple[int, int]:
     """Loads each input and calls ``handle(loaded_image, output_path)``, which writes.
 
     A bad input (:class:`koala.core.errors.ImageError`) or a failed write is reported on stderr as
-    ``path: reason`` and skipped; the loop goes on. Returns (done, failed).
+    ``path: reason`` and skipped; the loop goes on. Each of the ``missing`` inputs
+    (:func:`output_paths`) is reported and counted as failed the same way. Returns
+    (done, failed).
     """
-    done = failed = 0
+    for path in missing:
+        print(f"{path}: no such file or folder", file=sys.stderr)
+    done, failed = 0, len(missing)
     with Progress(len(pairs), desc, "img", enabled=progress) as bar:
         for path, out in pairs:
             try:
