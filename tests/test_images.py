@@ -134,7 +134,8 @@ def _srgb_profile() -> bytes:
 
 def test_constants():
     assert images.DEFAULT_MAX_PIXELS == 178_956_970
-    assert images.IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+    assert images.IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
+                                       ".gif")
     assert all(ext == ext.lower() for ext in images.IMAGE_EXTENSIONS)
 
 
@@ -757,7 +758,7 @@ def test_is_image_file():
     assert is_image_file("a/b/photo.JPG") and is_image_file(pathlib.Path("x.Tiff"))
     assert is_image_file("x.webp") and is_image_file("x.jpeg")
     assert (
-        not is_image_file("notes.txt") and not is_image_file("jpg") and not is_image_file("x.gif")
+        not is_image_file("notes.txt") and not is_image_file("jpg") and is_image_file("x.GIF")
     )
 
 

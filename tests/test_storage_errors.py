@@ -103,3 +103,41 @@ def test_ctrl_c_is_status_130_and_one_line(photos, tmp_path, capsys, monkeypatch
     assert cli_main("upscale", str(photos), "-o", str(tmp_path / "out"), "--noprogress") == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
+
+
+def test_a_damaged_shard_without_the_check_is_one_line_saying_how_to_find_it(
+        rgb_records, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    records = tmp_path / "records"
+    shutil.copytree(rgb_records, records)
+    shard = sorted(records.glob("train-*.tfrecord"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    monkeypatch.chdir(REPO)
+    assert cli_main("train", "--flagfile=experiments/smoke_srcnn.flags",
+                    f"--train_records={records}", f"--workdir={tmp_path / 'run'}",
+                    "--noverify_records", "--epochs=1", "--steps_per_epoch=4") == 2
+    line = one_error_line(capsys)
+    assert "shard is damaged" in line and "without --noverify_records" in line
+
+
+def test_an_output_dir_that_is_a_file_is_said_once(photos, tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    assert cli_main("upscale", str(photos), "-o", str(target), "--noprogress") == 2
+    assert one_error_line(capsys) == f"error: --output_dir {target} is a file, not a folder"
+
+
+def test_gif_files_are_built(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "gifs"
+    folder.mkdir()
+    frames = [Image.new("RGB", (40, 30), c) for c in ((200, 0, 0), (0, 200, 0))]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    result = build.build(build.BuildConfig(input_dir=str(folder),
+                                           output_dir=str(tmp_path / "out"), groups=("rgb",),
+                                           val_fraction=0.0, progress=False))
+    assert result.ok and result.manifest["counts"] == {"train": 1, "val": 0}

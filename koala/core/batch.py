@@ -29,6 +29,8 @@ def output_paths(inputs, output_dir, suffix: str, *, companions=(), verb: str = 
         same output, or an output would overwrite an input.
     """
     output_dir = pathlib.Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():  # said once, not once per image
+        raise KoalaError(f"--output_dir {output_dir} is a file, not a folder")
     seen: dict[pathlib.Path, pathlib.Path] = {}
     pairs = []
     for item in inputs:

@@ -42,8 +42,9 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 178_956_970
 """Default pixel limit, the same as the point where Pillow raises ``DecompressionBombError``."""
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-"""File extensions (lower case) that :func:`find_images` and :func:`is_image_file` accept."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+"""File extensions (lower case) that :func:`find_images` and :func:`is_image_file` accept
+(an animated GIF or WebP gives its first frame)."""
 
 Source = str | os.PathLike | bytes | bytearray | memoryview
 
