@@ -3,6 +3,7 @@
 The model checks (config and .keras round trips, gradients, bfloat16) are in model_checks.py.
 """
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -71,3 +72,24 @@ def cli_main(tool: str, *args) -> int:
 
     module = importlib.import_module(f"koala.cli.{tool}")
     return common.call(module.main, [f"koala.{tool}", *map(str, args)])
+
+
+@contextlib.contextmanager
+def lock_holder(folder):
+    """Another process holding ``folder``'s lock (:func:`koala.core.io.exclusive`), as a
+    running build or training run does; yields its ``Popen``. ``holder.kill()`` releases it
+    the way a crash does."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom koala.core.io import exclusive\n"
+         "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True)\n"
+         "    time.sleep(120)\n", str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_main, make_photo_folder, smooth_image, write_image
+from conftest import cli_main, lock_holder, make_photo_folder, smooth_image, write_image
 
 from koala.core.errors import KoalaError, RecordsError
 from koala.data import build, features
@@ -277,24 +277,14 @@ def test_broken_and_odd_files_from_make_odd_files(tmp_path, mobilenet_none):
 
 
 def test_a_build_into_a_busy_output_dir_is_refused_until_its_holder_dies(tmp_path):
-    import signal
-
     make_photo_folder(tmp_path / "photos", n_good=3, with_bad=False)
     out = tmp_path / "records"
     out.mkdir()
-    holder = subprocess.Popen(  # another process building into the same folder
-        [sys.executable, "-c", "import sys, time\nfrom koala.core.io import exclusive\n"
-         "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True)\n"
-         "    time.sleep(120)\n", str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_holder(out) as holder:  # another process building into the same folder
         with pytest.raises(KoalaError, match=rf"in use by another build_records run \(PID "
                                              rf"{holder.pid} "):
             build.build(config(tmp_path, groups=("rgb",)))
         assert not (out / "manifest.json").exists() and not (out / ".build").exists()
-        holder.send_signal(signal.SIGKILL)
+        holder.kill()  # a crash: its lock dies with it
         holder.wait(timeout=30)
-    finally:
-        holder.kill()
-        holder.stdout.close()
     assert build.build(config(tmp_path, groups=("rgb",))).ok

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_main, make_photo_folder
+from conftest import cli_main, lock_holder, make_photo_folder
 
 from koala import registry
 from koala.core import trainer as training
@@ -380,24 +380,14 @@ def test_init_from_a_model_that_does_not_fit_names_the_layers(records, tmp_path)
 
 def test_a_second_run_on_a_busy_workdir_is_refused_and_a_dead_ones_lock_taken_over(
         records, tmp_path):
-    import signal
-
     run = tmp_path / "run"
     run.mkdir()
-    holder = subprocess.Popen(  # another process holding the workdir, as a running train does
-        [sys.executable, "-c", "import sys, time\nfrom koala.core.io import exclusive\n"
-         "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True)\n"
-         "    time.sleep(120)\n", str(run)], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_holder(run) as holder:  # another process holding the workdir, as a run does
         with pytest.raises(KoalaError, match=rf"in use by another koala\.train run \(PID "
                                              rf"{holder.pid} on .*started"):
             registry.train(*smoke(records, run, epochs=1))
         assert not (run / "run.json").exists()  # refused before it wrote anything
-        holder.send_signal(signal.SIGKILL)  # killed: its lock file stays, its lock does not
+        holder.kill()  # killed: its lock file stays, its lock does not
         holder.wait(timeout=30)
-    finally:
-        holder.kill()
-        holder.stdout.close()
     assert (run / ".lock").exists()
     assert registry.train(*smoke(records, run, epochs=1)).epoch == [0]
