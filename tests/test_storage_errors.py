@@ -3,6 +3,7 @@ traceback, and leaves no temporary file (issue 19, defects 6 and 7)."""
 
 import errno
 import pathlib
+import subprocess
 
 import pytest
 from conftest import cli_main, make_photo_folder
@@ -141,3 +142,57 @@ def test_gif_files_are_built(tmp_path):
                                            output_dir=str(tmp_path / "out"), groups=("rgb",),
                                            val_fraction=0.0, progress=False))
     assert result.ok and result.manifest["counts"] == {"train": 1, "val": 0}
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(options)`` -> a fresh tmpfs folder mounted with ``options`` (``"size=16k"``,
+    ``"ro"``), where this machine lets the tests mount one (root in a container that allows
+    it); the test is skipped elsewhere, and the mocked tests above cover the same paths."""
+    mounted = []
+
+    def mount(options):
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_real_full_disk_in_a_build_names_the_file_and_the_space_left(photos, tmpfs, capsys):
+    disk = tmpfs("size=16k")
+    out = disk / "records"
+    args = [f"--input_dir={photos}", f"--output_dir={out}", "--groups=rgb",
+            "--examples_per_shard=2", "--val_fraction=0", "--noprogress"]
+    assert cli_main("build_records", *args) == 1
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: No space left on device: {out}/") and "MB left there" in line
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name], "a temporary file was left"
+    subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)  # space freed
+    assert cli_main("build_records", *args, "--resume") == 0
+    assert (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("tool", ["build_records", "train", "evaluate", "upscale"])
+def test_a_read_only_output_is_one_line(tool, photos, rgb_records, tmpfs, capsys,
+                                        monkeypatch):
+    out = tmpfs("ro") / "out"
+    monkeypatch.chdir(REPO)
+    args = {
+        "build_records": [f"--input_dir={photos}", f"--output_dir={out}", "--groups=rgb"],
+        "train": ["--flagfile=experiments/smoke_srcnn.flags", f"--train_records={rgb_records}",
+                  f"--workdir={out}"],
+        "evaluate": ["--task=sr", "--scale=2", "--model=fsrcnn_x2", f"--images={photos}",
+                     f"--output_dir={out}", "--noprogress"],
+        "upscale": [str(photos), "-o", str(out), "--noprogress"],
+    }[tool]
+    assert cli_main(tool, *args) in (1, 2)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Read-only file system" in err and str(out) in err, err

@@ -97,7 +97,18 @@ def storage_message(e: OSError) -> str:
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     line = f"{reason}: {where}" if where else reason
     if e.errno == errno.ENOSPC:
-        line += " (free some space and run the same command again: finished work is kept)"
+        free = ""
+        if e.filename is not None:
+            import os
+            import shutil
+
+            try:
+                left = shutil.disk_usage(os.path.dirname(os.path.abspath(e.filename))).free
+                free = f"{left / 2**20:.1f} MB left there; "
+            except OSError:
+                pass
+        line += (f" ({free}free some space and run the same command again: finished work "
+                 f"is kept)")
     return line
 
 

@@ -58,6 +58,10 @@ def atomic_write(path, data: str | bytes | Callable[[str], None], *, fsync: bool
             finally:
                 os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a failed write or close names no file: name the target
+            raise OSError(e.errno, e.strerror or str(e), path) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
