@@ -288,3 +288,19 @@ def test_a_build_into_a_busy_output_dir_is_refused_until_its_holder_dies(tmp_pat
         holder.kill()  # a crash: its lock dies with it
         holder.wait(timeout=30)
     assert build.build(config(tmp_path, groups=("rgb",))).ok
+
+
+def test_a_build_killed_before_its_first_shard_is_started_again_by_a_plain_run(
+        tmp_path, monkeypatch):
+    make_photo_folder(tmp_path / "photos", n_good=3, with_bad=False)
+
+    def killed(self):
+        raise KeyboardInterrupt("simulated kill")
+
+    real_commit = build._ShardWriter.commit
+    monkeypatch.setattr(build._ShardWriter, "commit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build.build(config(tmp_path, groups=("rgb",)))
+    assert (tmp_path / "records" / ".build" / "config.json").exists()
+    monkeypatch.setattr(build._ShardWriter, "commit", real_commit)
+    assert build.build(config(tmp_path, groups=("rgb",))).ok  # no "pass --resume"

@@ -265,8 +265,10 @@ class Builder:
 
     def _prepare_output(self) -> None:
         foreign_parts = self._check_neighbours()
-        has_build = (foreign_parts or tf.io.gfile.exists(self.state_dir)
-                     or tf.io.gfile.exists(self.manifest_path))
+        # A state folder with only its config.json is a build that stopped before its first
+        # shard: nothing to keep, so a plain re-run starts it again.
+        started = [n for n in listdir(self.state_dir) if n != "config.json"]
+        has_build = (foreign_parts or bool(started) or tf.io.gfile.exists(self.manifest_path))
         config_path = os.path.join(self.state_dir, "config.json")
         what = f"{self.out} (part {self.part})" if self.part else self.out
         if has_build and self.config.overwrite:
