@@ -18,8 +18,13 @@ from koala.data import pipelines
 from koala.ops import color
 from koala.ops.images import load_image
 from koala.tasks.sr import models as sr
-from koala.tasks.sr.inference import (Upscaler, check_scale, default_overlap, default_tile,
-                                      receptive_radius)
+from koala.tasks.sr.inference import (
+    Upscaler,
+    check_scale,
+    default_overlap,
+    default_tile,
+    receptive_radius,
+)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
