@@ -204,3 +204,19 @@ def test_add_copies_the_model_and_records_how_it_was_made(tmp_path, monkeypatch,
     assert entry.info["metrics"]["model"] == {"psnr_y": 31.25}
     assert entry.info["metrics"]["baseline"] == {"psnr_y": 30.0}
     assert "added preset tiny_x2" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_ends_the_table_quietly():
+    import subprocess
+    import sys
+
+    # `python -m koala.presets | head -0`: the reader is gone before the first write.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "koala.presets"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr  # it was "error: [Errno 32] Broken pipe", 2
+    assert "rror" not in proc.stderr

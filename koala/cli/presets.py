@@ -167,6 +167,8 @@ def main(argv) -> int:
             return 0
         if args[0] == "add" and len(args) == 2:
             return add(fv, args[1])
+    except BrokenPipeError:
+        raise  # common.call ends quietly
     except (KoalaError, OSError, ValueError, KeyError) as e:
         return common.error(str(e))
     return common.error("usage: python -m koala.presets [add NAME --from=...]")
