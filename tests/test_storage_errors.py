@@ -36,6 +36,18 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
+def writing_into(out, tool, photos, rgb_records) -> list[str]:
+    """The arguments that make ``tool`` write into ``out`` (run from the repository)."""
+    return {
+        "build_records": [f"--input_dir={photos}", f"--output_dir={out}", "--groups=rgb"],
+        "train": ["--flagfile=experiments/smoke_srcnn.flags", f"--train_records={rgb_records}",
+                  f"--workdir={out}"],
+        "evaluate": ["--task=sr", "--scale=2", "--model=fsrcnn_x2", f"--images={photos}",
+                     f"--output_dir={out}", "--noprogress"],
+        "upscale": [str(photos), "-o", str(out), "--noprogress"],
+    }[tool]
+
+
 @pytest.mark.parametrize("tool", ["build_records", "train", "evaluate"])
 def test_an_unwritable_output_is_one_line_naming_it(tool, photos, rgb_records, tmp_path,
                                                      capsys, monkeypatch):
@@ -43,14 +55,7 @@ def test_an_unwritable_output_is_one_line_naming_it(tool, photos, rgb_records, t
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")  # a real unwritable place, even for root
     out = blocker / "out"
-    args = {
-        "build_records": [f"--input_dir={photos}", f"--output_dir={out}", "--groups=rgb"],
-        "train": ["--flagfile=experiments/smoke_srcnn.flags", f"--train_records={rgb_records}",
-                  f"--workdir={out}"],
-        "evaluate": ["--task=sr", "--scale=2", "--model=fsrcnn_x2", f"--images={photos}",
-                     f"--output_dir={out}", "--noprogress"],
-    }[tool]
-    assert cli_main(tool, *args) in (1, 2)
+    assert cli_main(tool, *writing_into(out, tool, photos, rgb_records)) in (1, 2)
     line = one_error_line(capsys)
     assert "not a directory" in line.lower() and str(blocker) in line, line
 
@@ -185,14 +190,6 @@ def test_a_read_only_output_is_one_line(tool, photos, rgb_records, tmpfs, capsys
                                         monkeypatch):
     out = tmpfs("ro") / "out"
     monkeypatch.chdir(REPO)
-    args = {
-        "build_records": [f"--input_dir={photos}", f"--output_dir={out}", "--groups=rgb"],
-        "train": ["--flagfile=experiments/smoke_srcnn.flags", f"--train_records={rgb_records}",
-                  f"--workdir={out}"],
-        "evaluate": ["--task=sr", "--scale=2", "--model=fsrcnn_x2", f"--images={photos}",
-                     f"--output_dir={out}", "--noprogress"],
-        "upscale": [str(photos), "-o", str(out), "--noprogress"],
-    }[tool]
-    assert cli_main(tool, *args) in (1, 2)
+    assert cli_main(tool, *writing_into(out, tool, photos, rgb_records)) in (1, 2)
     err = capsys.readouterr().err
     assert "Traceback" not in err and "Read-only file system" in err and str(out) in err, err
