@@ -181,6 +181,8 @@ def main(argv) -> int:
                             required=("workdir", "train_records"))
     if rest:
         return common.error(f"unexpected arguments: {rest}")
+    import tensorflow as tf
+
     from koala import registry
     from koala.core.errors import KoalaError
 
@@ -192,18 +194,16 @@ def main(argv) -> int:
         history = registry.train(run, cfg, flags_text=flags_text(run, cfg))
     except KoalaError as e:
         return common.error(str(e))
+    except tf.errors.DataLossError as e:
+        # TensorFlow does not say which file; koala's check does (it is what --noverify skips).
+        return common.error(f"a record shard is damaged ({' '.join(e.message.split())[:200]}); "
+                            f"run again without --noverify_records: the check before "
+                            f"training names the damaged shard")
     except RuntimeError as e:  # TerminateOnNaN(raise_error=True)
         backup = os.path.join(run.workdir, "backup")
         kept = (f"the backup in {backup} is kept" if os.path.isdir(backup) and os.listdir(backup)
                 else "no epoch had finished, so there is no backup to resume from")
         return common.error(f"training stopped: {e} ({kept})", 3)
-    except Exception as e:
-        if type(e).__name__ != "DataLossError":
-            raise
-        # TensorFlow does not say which file; koala's check does (it is what --noverify skips).
-        return common.error(f"a record shard is damaged ({' '.join(str(e).split())[:200]}); "
-                            f"run again without --noverify_records: the check before "
-                            f"training names the damaged shard")
     print(f"done: {len(history.epoch)} epoch(s) this run; checkpoints in {run.workdir} "
           f"(best.keras, last.keras), log {run.workdir}/log.csv")
     return 0

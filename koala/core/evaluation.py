@@ -92,7 +92,7 @@ def find_inputs(model_files: Iterable[str], images_dir: str) -> list[pathlib.Pat
     """
     for path in model_files:
         if presets.is_name(path):
-            presets.resolve(path)
+            presets.find(path)  # the loader checks its file's sha256
         elif not os.path.isfile(path):
             raise KoalaError(f"model file not found: {path}")
     paths = images.find_images(images_dir)  # KoalaError when the folder is missing

@@ -24,6 +24,19 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
+def fsync_file(path) -> None:
+    """Flushes a finished local file to disk; a bucket path (``gs://``...) has nothing to
+    flush (its rename is all it offers)."""
+    path = os.fspath(path)
+    if _is_remote(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path, data: str | bytes | Callable[[str], None], *, fsync: bool = True) -> None:
     """Writes ``data`` to ``path`` atomically.
 
@@ -52,11 +65,7 @@ def atomic_write(path, data: str | bytes | Callable[[str], None], *, fsync: bool
             with open(tmp, "wb") as f:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
         if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp)
         os.replace(tmp, path)
     except OSError as e:
         if e.filename is None:  # a failed write or close names no file: name the target

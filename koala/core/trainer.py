@@ -47,7 +47,7 @@ from koala import presets
 from koala.core import distributed, run_config, saving
 from koala.core import optimizers as optimizers_lib
 from koala.core.errors import KoalaError
-from koala.core.io import atomic_write, atomic_write_json, exclusive
+from koala.core.io import atomic_write, atomic_write_json, exclusive, fsync_file
 from koala.core.run_config import RunConfig
 from koala.core.task import ModelEntry, Task
 from koala.data import records
@@ -150,11 +150,7 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
         self._use(tmp)
         super()._save_model()  # keras writes the weights and the epoch into tmp
         for name in self._FILES:
-            fd = os.open(os.path.join(tmp, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(os.path.join(tmp, name))
         latest, previous = (os.path.join(self.backup_dir, n) for n in (self.LATEST,
                                                                         self.PREVIOUS))
         if os.path.isdir(latest):

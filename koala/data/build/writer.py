@@ -9,9 +9,9 @@ grayscale squares in batches (``koala.ops.embedder.Embedder``), so the embedder,
 part, is rarely kept waiting, and writes the examples in plan order: shards are byte-identical
 whatever the thread timing or process.
 
-A shard is written under a temporary name (``.train-00000-of-00002.tfrecord.tmp``), fsynced and
-renamed when complete; then its state file (``.build/<shard>.json``: names, size, sha256,
-skipped files) is written. ``resume=True`` keeps every finished shard whose inputs and
+A shard is written under a temporary name unique to its process
+(``.train-00000-of-00002.tfrecord.<pid>.tmp``), fsynced and renamed when complete; then its
+state file (``.build/<shard>.json``: names, size, sha256, skipped files) is written. ``resume=True`` keeps every finished shard whose inputs and
 settings are unchanged and rebuilds the rest. The manifest is written last.
 """
 
@@ -34,7 +34,7 @@ from PIL import Image
 
 import koala
 from koala.core.errors import ImageError, RecordsError
-from koala.core.io import LOCK_FILE, exclusive
+from koala.core.io import LOCK_FILE, exclusive, fsync_file
 from koala.core.progress import Progress
 from koala.data import features
 from koala.data.build import plan as plan_lib
@@ -157,13 +157,6 @@ def encode_color(square):
             tf.io.encode_png(tf.cast(ab_q, tf.uint8), compression=level))
 
 
-def _fsync(path: str) -> None:
-    """Flushes a finished local file to disk (a bucket's rename is all it offers)."""
-    if "://" not in path:
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-
-
 class _ShardWriter:
     """Writes one shard to a temporary name; ``commit`` fsyncs and renames it into place.
 
@@ -201,7 +194,7 @@ class _ShardWriter:
 
     def commit(self) -> dict:
         self.writer.close()
-        _fsync(self.tmp)
+        fsync_file(self.tmp)
         tf.io.gfile.rename(self.tmp, self.final, overwrite=True)
         return {
             "file": os.path.basename(self.final),
