@@ -11,8 +11,9 @@ whatever the thread timing or process.
 
 A shard is written under a temporary name unique to its process
 (``.train-00000-of-00002.tfrecord.<pid>.tmp``), fsynced and renamed when complete; then its
-state file (``.build/<shard>.json``: names, size, sha256, skipped files) is written. ``resume=True`` keeps every finished shard whose inputs and
-settings are unchanged and rebuilds the rest. The manifest is written last.
+state file (``.build/<shard>.json``: names, size, sha256, skipped files) is written.
+``resume=True`` keeps every finished shard whose inputs and settings are unchanged and
+rebuilds the rest. The manifest is written last.
 """
 
 from __future__ import annotations
