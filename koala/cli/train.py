@@ -21,7 +21,7 @@ from absl import flags
 
 from koala.cli import common
 from koala.core.run_config import DISTRIBUTE, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, RunConfig
-from koala.tasks.codec.config import LOSS_PRESETS, CodecTrainConfig
+from koala.tasks.codec.config import LOSS_PRESETS, QUANT_UNITS, CodecTrainConfig
 from koala.tasks.colorize.config import HEADS, PERCEPTUAL_NETS, ColorizeTrainConfig
 from koala.tasks.sr.config import SR_CHANNELS, SRTrainConfig
 
@@ -123,6 +123,14 @@ def define_flags(fv: flags.FlagValues) -> None:
       "authors' code's (koala/tasks/codec/model.py).")
     d(f, "contrast_weight", "Codec: the contrast weight (default: the preset's 1e-7); 0 drops "
       "the term and the perceptual network.", lower_bound=0.0)
+    d(e, "quant_unit", list(QUANT_UNITS), "Codec: the unit of stage 2's quantization weight: "
+      "levels (SPEC §2's 0..255; the paper preset's default) or signed (the authors' code's "
+      "[-1, 1], 2/255 of it; the authors preset's default). 'levels' with w2 = 10 saturates "
+      "a small model's tanh (docs/models/codec.md).")
+    d(b, "quant_ste", "Codec: in stage 2 the decoder sees the 8-bit grayscale, gradients "
+      "passing straight through the rounding (default: false, the paper).")
+    d(f, "theta_levels", "Codec: the lightness slack, in grey levels of [-1, 1] (SPEC §2: 70, "
+      "the default).", lower_bound=0.0)
 
     flags.register_validator(
         "lr_boundaries", lambda v: v is None or (all(x.isdigit() and int(x) > 0 for x in v)

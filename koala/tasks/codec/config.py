@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-LOSS_PRESETS = ("paper", "authors")  # koala.tasks.codec.model.PRESETS (tests/test_run_config.py)
+LOSS_PRESETS = ("paper", "authors")
+QUANT_UNITS = ("levels", "signed")  # koala.tasks.codec.model.QUANT_UNITS  # koala.tasks.codec.model.PRESETS (tests/test_run_config.py)
 PERCEPTUAL_NETS = ("vgg19", "mobilenet")
 DEFAULT_CROP = 256  # SPEC §2: 256 x 256 training crops
 
@@ -21,6 +22,10 @@ class CodecTrainConfig:
                         and the square images are resized to (the authors' code: 224).
     contrast_weight:    None: the preset's 1e-7; 0 drops the term and the network.
     patches_per_image:  random crops of the run's crop_size (256) per image and epoch.
+    quant_unit, quant_ste:
+                        stage 2's quantization weight unit and straight-through rounding
+                        (:class:`koala.tasks.codec.model.CodecConfig`, departure 9).
+    theta_levels:       the lightness slack in grey levels of [-1, 1] (SPEC §2: 70).
     """
 
     stage2_epoch: int = 90
@@ -30,6 +35,9 @@ class CodecTrainConfig:
     perceptual_size: int = 224
     contrast_weight: float | None = None
     patches_per_image: int = 16
+    quant_unit: str | None = None
+    quant_ste: bool = False
+    theta_levels: float = 70.0
 
     def __post_init__(self):
         checks = [
@@ -41,6 +49,9 @@ class CodecTrainConfig:
             (self.contrast_weight is None or self.contrast_weight >= 0,
              "contrast_weight must be >= 0"),
             (self.patches_per_image >= 1, "patches_per_image must be >= 1"),
+            (self.quant_unit in (None, *QUANT_UNITS),
+             f"quant_unit must be one of {QUANT_UNITS}"),
+            (self.theta_levels >= 0, "theta_levels must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -101,6 +101,16 @@ Departures from the paper and the authors' code:
    smoke runs, ``contrast_weight=0`` drops the term (see :mod:`koala.ops.perceptual`).
 8. ``codec_small`` (f = 16, fewer residual blocks) exists for tests and CPU smoke runs, not
    for results. Any H, W that are multiples of 4 work (the paper trains on 256 x 256 crops).
+9. **Stage 2 that does not collapse** (issue 14; off by default, the paper's behaviour):
+   with w2 = 10 on grey levels (0..255, SPEC §2) the quantization gradient, 255 w2 per unit
+   of G, dwarfs the restoration's; under a fresh Adam it drives a small encoder's tanh into
+   saturation within a few epochs (G turns black and white, L_Q reaches 0, restoration
+   breaks; tests/test_codec_stages.py reproduces it). ``quant_unit="signed"`` gives w2 in
+   the authors' code's unit ([-1, 1], 2/255 of a grey level), which does not collapse;
+   ``quant_ste=True`` also feeds the decoder, in stage 2, G rounded to 8 bits with a
+   straight-through gradient, so the decoder learns the input a PNG gives it. Validation
+   always decodes the rounded G (``compute_terms(..., rounded=True)``): the held-out
+   ``invertibility`` is the error a user gets, and best.keras follows it.
 """
 
 from __future__ import annotations
@@ -134,6 +144,7 @@ DOWNSAMPLING = 4  # two stride-2 convs in the encoder
 INIT_STDDEV = 0.02  # N(0, 0.02) kernels, as the authors' code
 TERMS = ("invertibility", "lightness", "contrast", "structure", "quantization")
 STAGES = (1, 2)
+QUANT_UNITS = ("levels", "signed")  # L_Q's weight in grey levels or on [-1, 1] (departure 9)
 PERCEPTUAL_NETS = ("vgg19", "mobilenet")
 ALPHA = 1e-7  # the paper's contrast weight a
 AUTHORS_QUANT_UNIT = 2 / 255  # the authors' L_Q is on [-1, 1]: 2/255 of ours (departure 5)
@@ -270,6 +281,7 @@ class LossPreset:
     vgg_layer: str
     distance: str
     alpha: float = ALPHA
+    quant_unit: str = "levels"  # the unit its quantization weights are in (QUANT_UNITS)
 
 
 def _paper_stage(w1: float, w2: float, alpha=ALPHA, beta=0.5) -> LossWeights:
@@ -287,7 +299,7 @@ PRESETS = {
             LossWeights(3.0, 1.0, ALPHA, 0.5, 0.0),
             LossWeights(3.0, 1.0, ALPHA, 0.1, 10.0 * AUTHORS_QUANT_UNIT),
         ),
-        vgg_layer="block4_conv1", distance="mse",
+        vgg_layer="block4_conv1", distance="mse", quant_unit="signed",
     ),
 }
 
@@ -309,6 +321,13 @@ class CodecConfig:
     contrast_weight:    a, the contrast weight (None = the preset's 1e-7; in "paper" stage 2
                         it is multiplied by w1 = 0.5 like the other conformity terms). 0
                         drops the contrast term: no perceptual network is needed at all.
+    quant_unit:         the unit L_Q's weight w2 is given in: "levels" (SPEC §2's 0..255,
+                        the paper preset's w2 = 10 as written) or "signed" (the authors'
+                        code's [-1, 1] scale: the same w2 times 2/255). None = the preset's.
+                        Departure 9.
+    quant_ste:          in stage 2 the decoder sees G rounded to 8 bits, with a
+                        straight-through gradient (departure 9); False = the paper's
+                        un-quantized G.
     """
 
     encoder_filters: int = 64
@@ -322,6 +341,8 @@ class CodecConfig:
     perceptual_layer: str | None = None
     perceptual_size: int = 224
     contrast_weight: float | None = None
+    quant_unit: str | None = None
+    quant_ste: bool = False
 
     def __post_init__(self):
         # Lists arrive from a reloaded .keras file's JSON: store tuples, so configs compare.
@@ -342,6 +363,9 @@ class CodecConfig:
             raise ValueError(f"theta must be non-negative, got {self.theta}")
         if self.contrast_weight is not None and not self.contrast_weight >= 0:
             raise ValueError(f"contrast_weight must be >= 0 or None, got {self.contrast_weight}")
+        if self.quant_unit not in (None, *QUANT_UNITS):
+            raise ValueError(f"quant_unit must be one of {QUANT_UNITS} or None, "
+                             f"got {self.quant_unit!r}")
 
     @property
     def preset(self) -> LossPreset:
@@ -370,6 +394,10 @@ class CodecConfig:
         if self.contrast_weight is not None:
             scaled = weights.contrast * self.contrast_weight / self.preset.alpha
             weights = dataclasses.replace(weights, contrast=scaled)
+        unit = self.preset.quant_unit
+        if self.quant_unit is not None and self.quant_unit != unit:
+            factor = AUTHORS_QUANT_UNIT if self.quant_unit == "signed" else 1 / AUTHORS_QUANT_UNIT
+            weights = dataclasses.replace(weights, quantization=weights.quantization * factor)
         return weights
 
     @property
@@ -392,6 +420,15 @@ class _Untracked:
 
     def __init__(self, value=None):
         self.value = value
+
+
+def _check_sides(rgb):
+    shape = getattr(rgb, "shape", None)
+    if shape is not None and len(shape) == 4:
+        for side in shape[1:3]:
+            if side is not None and side % DOWNSAMPLING:
+                raise ValueError(f"image sides must be multiples of {DOWNSAMPLING}, "
+                                 f"got {tuple(shape)}")
 
 
 def _images(data):
@@ -444,12 +481,7 @@ class InvertibleGrayscale(keras.Model):
     # -- inference ---------------------------------------------------------------------
 
     def call(self, rgb, training=None):
-        shape = getattr(rgb, "shape", None)
-        if shape is not None and len(shape) == 4:
-            for side in shape[1:3]:
-                if side is not None and side % DOWNSAMPLING:
-                    raise ValueError(f"image sides must be multiples of {DOWNSAMPLING}, "
-                                     f"got {tuple(shape)}")
+        _check_sides(rgb)
         gray = self.encoder(rgb, training=training)
         restored = self.decoder(gray, training=training)
         return {"gray": gray, "restored": restored}
@@ -513,17 +545,28 @@ class InvertibleGrayscale(keras.Model):
         # Reset by Keras at each epoch; "loss" first, then TERMS, then "stage".
         return list(self._trackers)
 
-    def compute_terms(self, rgb, training=False) -> tuple[dict, tf.Tensor]:
+    def compute_terms(self, rgb, training=False, rounded=None) -> tuple[dict, tf.Tensor]:
         """Forward pass and every loss term: returns ``({term: scalar}, weighted loss)``.
 
         rgb (B, H, W, 3) in [0, 1]. Terms and loss are float32 scalars; the weights are
-        those of the stage held in ``self.stage`` when the graph runs.
+        those of the stage held in ``self.stage`` when the graph runs. ``rounded``: decode
+        G rounded to 8 bits (True), as it is (False), or (None) as training does: rounded
+        with a straight-through gradient in stage 2 when ``quant_ste`` is set, else as it is.
         """
         cfg = self.config
+        _check_sides(rgb)
         rgb = tf.cast(rgb, tf.float32)
-        out = self(rgb, training=training)
-        gray = tf.cast(out["gray"], tf.float32)
-        restored = tf.cast(out["restored"], tf.float32)
+        stage = tf.cast(ops.convert_to_tensor(self.stage), tf.int32)
+        gray = tf.cast(self.encoder(rgb, training=training), tf.float32)
+        if rounded is None:
+            on = (tf.cast(tf.equal(stage, 2), tf.float32) if cfg.quant_ste
+                  else tf.constant(0.0))
+        else:
+            on = tf.constant(1.0 if rounded else 0.0)
+        # The gradient passes straight through the rounding (departure 9).
+        levels = tf.round(gray * losses.LEVELS) / losses.LEVELS
+        decoded = gray + tf.stop_gradient(on * (levels - gray))
+        restored = tf.cast(self.decoder(decoded, training=training), tf.float32)
         terms = {
             "invertibility": losses.invertibility(rgb, restored),
             "lightness": losses.lightness(gray, rgb, cfg.theta),
@@ -531,7 +574,6 @@ class InvertibleGrayscale(keras.Model):
             "structure": losses.structure(gray, rgb),
             "quantization": losses.quantization(gray),
         }
-        stage = tf.cast(ops.convert_to_tensor(self.stage), tf.int32)
         weights = tf.gather(tf.constant(self._weight_table), stage - 1)  # (len(TERMS),)
         loss = tf.add_n([weights[i] * terms[t] for i, t in enumerate(TERMS)])
         return terms, loss
@@ -574,7 +616,8 @@ class InvertibleGrayscale(keras.Model):
 
     def test_step(self, data):
         rgb = _images(data)
-        terms, loss = self.compute_terms(rgb, training=False)
+        # Validation decodes the 8-bit G a PNG would hold: what a user gets back.
+        terms, loss = self.compute_terms(rgb, training=False, rounded=True)
         return self._record(rgb, terms, loss)
 
 

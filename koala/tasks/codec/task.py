@@ -29,7 +29,8 @@ class CodecTask(TaskBase):
         return entry.build(loss_preset=cfg.loss_preset, perceptual_net=cfg.perceptual_net,
                            perceptual_weights=cfg.perceptual_weights,
                            perceptual_size=cfg.perceptual_size,
-                           contrast_weight=cfg.contrast_weight)
+                           contrast_weight=cfg.contrast_weight, quant_unit=cfg.quant_unit,
+                           quant_ste=cfg.quant_ste, theta=cfg.theta_levels / 127)
 
     def compile(self, model, run, cfg, optimizer) -> None:
         if model.config.needs_perceptual:  # the contrast term's network
@@ -54,6 +55,11 @@ class CodecTask(TaskBase):
                                         verify=run.verify_records,
                                         drop_remainder=split_batches)
         return Datasets(train, val)
+
+    def monitor(self, model) -> str:
+        """best.keras follows the restoration error through the 8-bit grayscale (the
+        validation step rounds G), not the loss, whose quantization term starts at stage 2."""
+        return "invertibility"
 
     def callbacks(self, model, run, cfg: CodecTrainConfig) -> list:
         return [stages.CodecStages(cfg.stage2_epoch)]
