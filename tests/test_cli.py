@@ -105,6 +105,9 @@ def test_family_configs_agree_with_the_libraries():
     assert sr_config.SR_CHANNELS == pipelines.SR_CHANNELS
     assert set(codec_config.LOSS_PRESETS) == set(codec_model.PRESETS)
     assert codec_config.PERCEPTUAL_NETS == codec_model.PERCEPTUAL_NETS
+    assert codec_config.QUANT_UNITS == codec_model.QUANT_UNITS
+    assert colorize_config.DEFAULT_REFERENCE_SAMPLES == __import__(
+        "koala.ops.welsh", fromlist=["x"]).DEFAULT_SAMPLES
     assert bin_prior.PRIOR_FILE == __import__("koala.data.bin_prior",
                                               fromlist=["x"]).PRIOR_FILE
 

@@ -1,8 +1,20 @@
-r"""Colorizes grayscale (or desaturated colour) photos with a trained koala colorizer.
+r"""Colorizes grayscale (or desaturated colour) photos with a trained koala colorizer, colour
+scribbles, or a reference photo.
 
   python -m koala.colorize INPUT... -o OUTDIR --model MODEL.keras \
       [--saturation=1.2] [--refine=none|guided --radius=40 --eps=1e-4] [--suffix=_color] \
       [--grid] [--embedder_weights=PATH] [--samples=1 --seed=0]
+  python -m koala.colorize GRAY -o OUTDIR --hints HINTS.png            # scribbles, no model
+  python -m koala.colorize GRAY -o OUTDIR --model M --hints HINTS.png  # hints correct M
+  python -m koala.colorize GRAY -o OUTDIR --reference REF.jpg          # Welsh et al.
+
+``--hints`` and ``--reference`` name a file, or a folder holding, for each input, a file with
+the input's stem (any image extension; ``<folder>/<sub-folders>/<stem>.*`` first, then
+``<folder>/<stem>.*``). A hints image is the gray image with colour drawn on it (RGB, the gray
+image's size): every pixel whose chroma differs from the gray input's by more than
+``--hint_threshold`` is a hint (:mod:`koala.tasks.colorize.user`). With hints and no
+``--model``, Levin et al.'s optimisation colours the image from the hints alone; with a model,
+the hints correct its colours within ``--hint_reach`` pixels, and the rest keeps the model's.
 
 INPUTs are image files or folders (walked recursively, sub-folders kept under OUTDIR). Each
 image becomes ``OUTDIR/<subfolders>/<stem><suffix>.png`` with exactly the input's size; with
@@ -21,15 +33,25 @@ deterministic and refuses ``--samples`` > 1. The library is
 from __future__ import annotations
 
 import functools
+import glob
 import math
 import os
+import pathlib
 
 from absl import flags
 
 from koala.cli import common
 from koala.core import batch
 from koala.ops.images import DEFAULT_MAX_PIXELS
-from koala.tasks.colorize.config import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SATURATION, REFINES
+from koala.tasks.colorize.config import (
+    DEFAULT_EPS,
+    DEFAULT_HINT_REACH,
+    DEFAULT_HINT_THRESHOLD,
+    DEFAULT_RADIUS,
+    DEFAULT_REFERENCE_SAMPLES,
+    DEFAULT_SATURATION,
+    REFINES,
+)
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -67,6 +89,22 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "Decompression-bomb limit: larger images fail.", lower_bound=1,
                          flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+    flags.DEFINE_string("hints", None, "Colour hints: an image (the gray image with colour "
+                        "drawn on it) or a folder of them named like the inputs. Without "
+                        "--model: Levin et al.'s scribble colorization; with one: corrections.",
+                        flag_values=fv)
+    flags.DEFINE_float("hint_threshold", DEFAULT_HINT_THRESHOLD, "A hints pixel is a hint when its "
+                       "chroma (UV of YUV) differs from the gray input's by more than this.",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("hint_reach", DEFAULT_HINT_REACH, "With --model and --hints: pixels "
+                         "farther than this from every hint keep the model's colour; 0 = no "
+                         "limit.", lower_bound=0, flag_values=fv)
+    flags.DEFINE_string("reference", None, "A colour photo (or a folder of them named like the "
+                        "inputs) whose colours are transferred (Welsh et al. 2002); no model.",
+                        flag_values=fv)
+    flags.DEFINE_integer("reference_samples", DEFAULT_REFERENCE_SAMPLES, "--reference: jittered "
+                         "reference samples (the paper: about 200).", lower_bound=1,
+                         flag_values=fv)
     flags.register_validator("suffix", lambda s: "/" not in s and os.sep not in s,
                              "--suffix must not contain a path separator", flag_values=fv)
 
@@ -80,16 +118,55 @@ def output_paths(inputs, output_dir, suffix: str = "_color", samples: int = 1, m
                               missing=missing, verb="colorize")
 
 
+def companion(option: str, arg, source, rel) -> pathlib.Path:
+    """The ``--hints``/``--reference`` file for the input ``source``: ``arg`` itself when it is
+    a file; in a folder, the image named like the input (``arg/rel/<stem>.*``, then
+    ``arg/<stem>.*``; ``rel`` is the input's sub-folder under its root).
+
+    Raises:
+      ImageError: (for that input only) no such file, or several with the input's stem.
+    """
+    from koala.core.errors import ImageError
+    from koala.ops.images import is_image_file
+
+    arg = pathlib.Path(arg)
+    if not arg.is_dir():
+        return arg
+    stem = pathlib.Path(source).stem
+    for folder in dict.fromkeys((arg / rel, arg)):
+        found = sorted(p for p in folder.glob(glob.escape(stem) + ".*")
+                       if p.stem == stem and is_image_file(p) and p.is_file())
+        if len(found) > 1:
+            raise ImageError(source, f"--{option} folder {folder} has several images named "
+                                     f"{stem}: {', '.join(p.name for p in found)}")
+        if found:
+            return found[0]
+    raise ImageError(source, f"no --{option} image named {stem}.* in {arg}")
+
+
 def main(argv) -> int:
     fv, inputs = common.parse(argv, define_flags, doc=__doc__,
                               required=("output_dir",))
     from koala.core.errors import KoalaError
-    from koala.ops import grid
+    from koala.ops import grid, images
+    from koala.tasks.colorize import user
     from koala.tasks.colorize.inference import Colorizer, gray_baseline
 
     if not inputs:
         return common.error("give at least one input image or folder")
-    if status := common.default_model(fv, "colorize"):
+    if fv.hints and fv.reference:
+        return common.error("--hints and --reference are two ways to colour an image: give one")
+    if fv.reference and fv.model:
+        return common.error("--reference transfers colour from a photo and uses no model: "
+                            "drop --model (or use --hints to correct a model's colours)")
+    guide_option = "hints" if fv.hints else "reference" if fv.reference else None
+    guide_arg = fv.hints or fv.reference
+    if guide_arg and not os.path.exists(guide_arg):
+        return common.error(f"--{guide_option} {guide_arg}: no such file or folder")
+    if guide_option and fv.samples > 1:
+        return common.error(f"--samples={fv.samples} draws several ColorGAN colourings; "
+                            f"--{guide_option} gives one")
+    if not guide_option and (status := common.default_model(fv, "colorize")):
         return status
     missing = []
     try:
@@ -98,17 +175,36 @@ def main(argv) -> int:
         return common.error(str(e))
     if not pairs:
         return common.error(batch.no_images_message(inputs))
+    colorizer = None
     try:
-        colorizer = Colorizer.load(fv.model, embedder_weights=fv.embedder_weights)
+        if fv.model:
+            colorizer = Colorizer.load(fv.model, embedder_weights=fv.embedder_weights)
         if fv.samples > 1 and not colorizer.is_gan:
             raise KoalaError(f"--samples={fv.samples}: {fv.model} is a deterministic "
                              f"fusion colorizer; only a ColorGAN draws several colourings")
     except KoalaError as e:
         return common.error(str(e))
     options = dict(saturation=fv.saturation, refine=fv.refine, radius=fv.radius, eps=fv.eps)
+    sources = {out: path for path, out in pairs}
+
+    def guide_image(out):
+        rel = out.parent.relative_to(fv.output_dir)
+        path = companion(guide_option, guide_arg, sources[out], rel)
+        return images.load_image(path, max_pixels=fv.max_pixels), path
 
     def handle(loaded, out):
-        if colorizer.is_gan:  # reproducible: the noise comes from --seed
+        guide = None
+        if fv.reference:
+            guide, _ = guide_image(out)
+            results = [user.colorize_from_reference(loaded, guide, samples=fv.reference_samples,
+                                                    seed=fv.seed)]
+        elif fv.hints:
+            guide, path = guide_image(out)
+            extra = options if colorizer is not None else {}
+            results = [user.colorize_with_hints(loaded, guide, colorizer,
+                                                threshold=fv.hint_threshold,
+                                                reach=fv.hint_reach, name=str(path), **extra)]
+        elif colorizer.is_gan:  # reproducible: the noise comes from --seed
             results = colorizer.colorize_samples(loaded, fv.samples, fv.seed, **options)
         else:
             results = [colorizer.colorize(loaded, **options)]
@@ -118,9 +214,10 @@ def main(argv) -> int:
             for k, result in enumerate(results, start=1):
                 grid.save_png(out.with_name(f"{out.stem}_{k}.png"), result)
         if fv.grid:
-            # input | output(s), or for colour inputs: desaturated input | output(s) | original
-            row = ([loaded.rgb, *results] if loaded.was_grayscale
-                   else [gray_baseline(loaded.rgb), *results, loaded.rgb])
+            # input (| hints or reference) | output(s) (| the original, for colour inputs)
+            shown = [guide.rgb] if guide is not None else []
+            row = ([loaded.rgb, *shown, *results] if loaded.was_grayscale
+                   else [gray_baseline(loaded.rgb), *shown, *results, loaded.rgb])
             height = min(loaded.height, 512)  # never upscale; cap huge inputs
             grid.save_png(out.with_name(out.stem + "_grid.png"),
                           grid.make_grid([row], height=height))

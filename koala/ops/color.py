@@ -52,12 +52,16 @@ __all__ = [
     "denormalize_l",
     "gray_from_l",
     "lab_to_srgb",
+    "lalphabeta_to_rgb",
+    "rgb_to_lalphabeta",
     "normalize_ab",
     "normalize_l",
     "rgb_to_luma",
     "rgb_to_ycbcr",
+    "rgb_to_yuv",
     "srgb_to_lab",
     "ycbcr_to_rgb",
+    "yuv_to_rgb",
 ]
 
 # --- Lab scaling used by the networks --------------------------------------------------
@@ -101,6 +105,24 @@ _YCBCR_FROM_RGB = np.array(
 )
 _RGB_FROM_YCBCR = np.linalg.inv(_YCBCR_FROM_RGB)
 _YCBCR_OFFSET = np.array([16.0, 128.0, 128.0])
+# Analog BT.601 YUV: Y = luma, U = 0.492 (B - Y), V = 0.877 (R - Y) (Levin et al. 2004,
+# Liang et al. 2016; skimage.color.rgb2yuv uses the same matrix).
+_YUV_FROM_RGB = np.array(
+    [[0.299, 0.587, 0.114],
+     [-0.14714119, -0.28886916, 0.43601035],
+     [0.61497538, -0.51496512, -0.10001026]])
+_RGB_FROM_YUV = np.linalg.inv(_YUV_FROM_RGB)
+# Ruderman's lαβ (Reinhard et al. 2001, used by Welsh et al. 2002): linear RGB -> LMS, log10,
+# then a decorrelating rotation.
+_LMS_FROM_RGB = np.array(
+    [[0.3811, 0.5783, 0.0402],
+     [0.1967, 0.7244, 0.0782],
+     [0.0241, 0.1288, 0.8444]])
+_RGB_FROM_LMS = np.linalg.inv(_LMS_FROM_RGB)
+_LAB_FROM_LOGLMS = (np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)])
+                    @ np.array([[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]]))
+_LOGLMS_FROM_LAB = np.linalg.inv(_LAB_FROM_LOGLMS)
+_LMS_FLOOR = 1e-4  # log10 of 0 is -inf: LMS is floored here (black = -4)
 
 _HALF_DTYPES = (tf.float16, tf.bfloat16)
 
@@ -271,3 +293,41 @@ def ycbcr_to_rgb(ycbcr: Any) -> tf.Tensor:
     ycbcr, out_dtype = _to_float(ycbcr)
     rgb = _apply_matrix(ycbcr - _const(_YCBCR_OFFSET, ycbcr.dtype), _RGB_FROM_YCBCR)
     return tf.cast(rgb, out_dtype)
+
+
+def rgb_to_yuv(rgb: Any) -> tf.Tensor:
+    """RGB ``(..., 3)`` in ``[0, 1]`` -> analog BT.601 YUV ``(..., 3)``.
+
+    ``Y = 0.299 R + 0.587 G + 0.114 B`` in [0, 1], ``U = 0.492 (B - Y)`` in about
+    [-0.436, 0.436], ``V = 0.877 (R - Y)`` in about [-0.615, 0.615] (the YUV of Levin et al.
+    2004; ``skimage.color.rgb2yuv``). Gray pixels have U = V = 0.
+    """
+    rgb, out_dtype = _to_float(rgb)
+    return tf.cast(_apply_matrix(rgb, _YUV_FROM_RGB), out_dtype)
+
+
+def yuv_to_rgb(yuv: Any) -> tf.Tensor:
+    """Exact (matrix) inverse of :func:`rgb_to_yuv`; not clipped (out-of-gamut YUV gives RGB
+    outside ``[0, 1]``)."""
+    yuv, out_dtype = _to_float(yuv)
+    return tf.cast(_apply_matrix(yuv, _RGB_FROM_YUV), out_dtype)
+
+
+def rgb_to_lalphabeta(rgb: Any) -> tf.Tensor:
+    """sRGB ``(..., 3)`` in ``[0, 1]`` -> Ruderman's lαβ (Reinhard et al. 2001), the space of
+    Welsh et al. 2002: linear RGB -> LMS, ``log10`` (LMS floored at 1e-4), then
+    ``l = (L + M + S)/√3``, ``α = (L + M - 2S)/√6``, ``β = (L - M)/√2``. Gray has α ≈ β ≈ 0.
+    """
+    rgb, out_dtype = _to_float(rgb)
+    lms = _apply_matrix(_srgb_decode(tf.clip_by_value(rgb, 0.0, 1.0)), _LMS_FROM_RGB)
+    log_lms = tf.math.log(tf.maximum(lms, _const(_LMS_FLOOR, lms.dtype))) / np.log(10.0)
+    return tf.cast(_apply_matrix(log_lms, _LAB_FROM_LOGLMS), out_dtype)
+
+
+def lalphabeta_to_rgb(lab: Any) -> tf.Tensor:
+    """Inverse of :func:`rgb_to_lalphabeta` -> sRGB clipped to ``[0, 1]``."""
+    lab, out_dtype = _to_float(lab)
+    lms = tf.pow(_const(10.0, lab.dtype), _apply_matrix(lab, _LOGLMS_FROM_LAB))
+    linear = _apply_matrix(lms, _RGB_FROM_LMS)
+    return tf.cast(tf.clip_by_value(_srgb_encode(tf.clip_by_value(linear, 0.0, 1.0)), 0.0, 1.0),
+                   out_dtype)

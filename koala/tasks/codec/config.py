@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-LOSS_PRESETS = ("paper", "authors")
-QUANT_UNITS = ("levels", "signed")  # koala.tasks.codec.model.QUANT_UNITS  # koala.tasks.codec.model.PRESETS (tests/test_run_config.py)
+LOSS_PRESETS = ("paper", "authors")  # koala.tasks.codec.model.PRESETS (tests/test_run_config.py)
+QUANT_UNITS = ("levels", "signed")  # koala.tasks.codec.model.QUANT_UNITS
 PERCEPTUAL_NETS = ("vgg19", "mobilenet")
 DEFAULT_CROP = 256  # SPEC §2: 256 x 256 training crops
 

@@ -12,6 +12,13 @@ DEFAULT_SATURATION = 1.2
 """SPEC §1: the report multiplies the predicted a*b* by 1.2 (raw outputs looked dull)."""
 
 REFINES = ("none", "guided")
+# User-guided colorization (koala.tasks.colorize.user): a hints pixel is a hint when its chroma
+# (UV of YUV) differs from the gray input's by more than this; a model's colour is kept beyond
+# this many pixels from every hint; Welsh et al.'s jittered reference samples (about 200;
+# koala.ops.welsh.DEFAULT_SAMPLES).
+DEFAULT_HINT_THRESHOLD = 0.02
+DEFAULT_HINT_REACH = 20
+DEFAULT_REFERENCE_SAMPLES = 200
 """Chroma refinements: none, or a guided filter with the lightness as guide (SPEC §5)."""
 DEFAULT_RADIUS = 40
 """Guided-filter radius in full-resolution pixels (Liang et al. 2016: 40)."""
