@@ -3,7 +3,7 @@ al. 2002), and hints that correct an automatic colorizer.
 
 **Hints.** A hints image is the gray image with colour drawn on it: RGB, the gray image's size;
 every pixel whose chroma (U, V of :func:`koala.ops.color.rgb_to_yuv`) differs from the gray
-input's by more than ``threshold`` (Euclidean, in YUV units where U, V span about ±0.44 and
+input's (a colour input's gray version, whose chroma is 0) by more than ``threshold`` (Euclidean, in YUV units where U, V span about ±0.44 and
 ±0.62) is a hint, with that pixel's colour. Elsewhere the hints image is ignored, so JPEG noise
 below the threshold and gray strokes are not hints.
 
@@ -70,7 +70,9 @@ def _yuv(rgb: np.ndarray) -> np.ndarray:
 
 def hint_mask(gray, hints, *, threshold: float = DEFAULT_THRESHOLD, name: str = "hints"
               ) -> np.ndarray:
-    """The hint pixels: where the hints image's chroma differs from the gray input's.
+    """The hint pixels: where the hints image's chroma differs from the gray input's (the
+    input's lightness with no chroma, which is what koala colours: a colour input counts as
+    its gray version).
 
     Args:
       gray, hints: uint8 images (LoadedImage or array) of the same height and width.
@@ -89,7 +91,12 @@ def hint_mask(gray, hints, *, threshold: float = DEFAULT_THRESHOLD, name: str = 
         raise ImageError(name, f"hints image is {hints.shape[1]}x{hints.shape[0]} but the "
                                f"gray image is {gray.shape[1]}x{gray.shape[0]}: draw the hints "
                                f"on a copy of the gray image")
-    distance = np.linalg.norm(_yuv(hints)[..., 1:] - _yuv(gray)[..., 1:], axis=-1)
+    from koala.tasks.colorize.inference import gray_baseline
+
+    # against the gray koala colours (the input's L* only): a colour input's own chroma
+    # would make every pixel of a hints image drawn on its gray copy a hint
+    distance = np.linalg.norm(_yuv(hints)[..., 1:] - _yuv(gray_baseline(gray))[..., 1:],
+                              axis=-1)
     mask = distance > threshold
     if not mask.any():
         raise ImageError(name, f"no hint pixels: no pixel's chroma differs from the gray "
