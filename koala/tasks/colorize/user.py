@@ -3,9 +3,10 @@ al. 2002), and hints that correct an automatic colorizer.
 
 **Hints.** A hints image is the gray image with colour drawn on it: RGB, the gray image's size;
 every pixel whose chroma (U, V of :func:`koala.ops.color.rgb_to_yuv`) differs from the gray
-input's (a colour input's gray version, whose chroma is 0) by more than ``threshold`` (Euclidean, in YUV units where U, V span about ±0.44 and
-±0.62) is a hint, with that pixel's colour. Elsewhere the hints image is ignored, so JPEG noise
-below the threshold and gray strokes are not hints.
+input's (a colour input's gray version, whose chroma is 0) by more than ``threshold``
+(Euclidean, in YUV units where U, V span about ±0.44 and ±0.62) is a hint, with that pixel's
+colour. Elsewhere the hints image is ignored, so JPEG noise below the threshold and gray
+strokes are not hints.
 
 * :func:`colorize_with_hints` with no model: Levin's propagation in YUV, Y from the gray
   input, U and V fixed at the hints (:func:`koala.ops.levin.propagate`).
