@@ -78,7 +78,7 @@ def _matrix(y: np.ndarray, fixed: np.ndarray) -> sp.csr_matrix:
     h, w = y.shape
     n = h * w
     wt = weights(y)
-    index = np.arange(n).reshape(h, w)
+    index = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64).reshape(h, w)
     free = ~fixed
     rows, cols, vals = [index.ravel()], [index.ravel()], [np.ones(n)]
     for k, (dy, dx) in enumerate(_OFFSETS):
