@@ -332,3 +332,67 @@ def test_every_koala_colorizer_in_one_table_with_and_without_guided_refinement(
         out / "metrics.md").read_text()
     with pytest.raises(ValueError, match="refine"):
         evaluator.ColorizeEvalConfig(models=("m",), images="x", refine=("blur",))
+
+
+class HueClassifier:
+    """A stand-in ImageNet classifier: classes 0..2 score the mean of channel R, G, B; class 3
+    (gray) scores 1 when the channels are equal within 2 levels; classes 4..9 score little.
+    So a colour image's top-1 class is its dominant channel; a gray one's is 3, followed by
+    0..2."""
+
+    def probabilities(self, rgb):
+        means = np.asarray(rgb, np.float64).reshape(-1, 3).mean(0) / 255
+        scores = np.array([*means, float(means.max() - means.min() < 2 / 255),
+                           1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+        return scores / scores.sum()
+
+
+class Swapped:
+    """A colorizer stub that returns the truth with its channels reversed (BGR)."""
+
+    def colorize(self, image, *, saturation):
+        return np.array(image, np.uint8)[..., ::-1]
+
+
+def test_semantic_check_top1_and_top5_against_the_colour_photo(photos):
+    paths = sorted(p for p in photos.rglob("*.*") if p.name != "broken.png")
+    result = evaluator.colorize_report({"perfect": Perfect(), "swapped": Swapped()}, paths,
+                                       root=photos, classifier=HueClassifier())
+    clf = HueClassifier()
+    truths = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    labels = [int(np.argmax(clf.probabilities(t))) for t in truths]
+    swapped = [int(np.argmax(clf.probabilities(t[..., ::-1]))) for t in truths]
+    mean = result["mean"]
+    assert mean["perfect"]["top1"] == 1.0 and mean["perfect"]["top5"] == 1.0
+    assert mean["gray"]["top1"] == 0.0  # gray is class 3, a photo never is
+    assert mean["gray"]["top5"] == 1.0  # ... and 0..2 follow it
+    assert mean["swapped"]["top1"] == pytest.approx(
+        np.mean([a == b for a, b in zip(labels, swapped, strict=True)]))
+    assert mean["swapped"]["top5"] == 1.0
+    assert set(result["metric_variants"]) >= {"top1", "top5"}
+    markdown = evaluator.colorize_markdown(result)
+    assert "Top-1 agreement with the colour photo's class" in markdown
+    # no classifier: no semantic keys
+    plain = evaluator.colorize_report({"perfect": Perfect()}, paths, root=photos)
+    assert "top1" not in plain["mean"]["gray"] and "top1" not in plain["metric_variants"]
+
+
+def test_semantic_check_through_the_command_line(photos, model_path, tmp_path):
+    out = tmp_path / "sem"
+    from conftest import cli_main
+
+    assert cli_main("evaluate", "--task=colorize", "--model", str(model_path), "--images",
+                    str(photos), "--output_dir", str(out), "--embedder_weights=none",
+                    "--semantic_weights=none", "--noprogress") == 0
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["semantic"]["name"] == "mobilenet"
+    for method in ("gray", "tiny"):
+        assert 0.0 <= data["mean"][method]["top1"] <= data["mean"][method]["top5"] <= 1.0
+    assert "top5" in data["metric_variants"]
+    # the colour photo classified as itself agrees with itself
+    from koala.ops.embedder import Classifier
+
+    clf = Classifier("mobilenet", "none")
+    photo = np.asarray(Image.open(photos / "a.png").convert("RGB"))
+    assert np.argmax(clf.probabilities(photo)) == np.argmax(clf.probabilities(photo.copy()))
+    assert clf.probabilities(photo).shape == (1000,)

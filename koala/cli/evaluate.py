@@ -44,7 +44,8 @@ from koala.tasks.colorize.config import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SAT
 # The flags each task takes, in flags.txt order; any other flag given is an error.
 TASK_FLAGS = {
     "colorize": ("task", "model", "images", "output_dir", "max_images", "saturation",
-                 "embedder_weights", "grid_height", "refine", "radius", "eps", "progress"),
+                 "embedder_weights", "grid_height", "refine", "radius", "eps", "progress",
+                 "semantic_weights"),
     "sr": ("task", "model", "images", "scale", "output_dir", "max_images", "crop_size",
            "progress"),
     "codec": ("task", "model", "images", "output_dir", "max_images", "jpeg_quality",
@@ -66,6 +67,11 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "all).", lower_bound=1, flag_values=fv)
     flags.DEFINE_float("saturation", None, f"colorize: factor on the predicted a*b* (SPEC §1: "
                        f"{DEFAULT_SATURATION}).", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_string("semantic_weights", None, "colorize: the semantic check (Zhang et al. "
+                        "2016): top-1/top-5 agreement of a MobileNet ImageNet classifier "
+                        "between each output and the colour photo; its weights file (e.g. "
+                        "../shared/weights/mobilenet_1_0_224_imagenet.weights.h5) or "
+                        "imagenet.", flag_values=fv)
     flags.DEFINE_string("embedder_weights", None,
                         "colorize: override the embedder weights recorded in the models "
                         "(imagenet, none or a local weights file).", flag_values=fv)
@@ -112,7 +118,7 @@ def _colorize(fv: flags.FlagValues):
     return evaluator, evaluator.ColorizeEvalConfig(
         models=tuple(fv.model), images=fv.images,
         **_given(fv, "output_dir", "max_images", "saturation", "embedder_weights",
-                 "grid_height", "progress", "refine", "radius", "eps"))
+                 "grid_height", "progress", "refine", "radius", "eps", "semantic_weights"))
 
 
 def _sr(fv: flags.FlagValues):

@@ -187,3 +187,36 @@ class Embedder:
         """Name, input size, output dim and weights, for manifests and logs."""
         return {"name": self.name, "input_size": self.input_size, "dim": self.dim,
                 "fit": self.fit_mode, **describe_weights(self.weights)}
+
+
+class Classifier:
+    """The embedder's ImageNet classifier on the *colour* image, for the semantic check of a
+    colorizer (Zhang et al. 2016: does the classifier recognise a colorized photo as it
+    recognises the original?).
+
+    The image is fitted into the classifier's square as the embedder does (aspect kept,
+    white padding) and scaled to [-1, 1] (MobileNet's and Inception's preprocessing), with
+    its colour. ``weights`` as for :class:`Embedder` ("imagenet", "none" or a file).
+
+    >>> clf = Classifier("mobilenet", "../shared/weights/mobilenet_1_0_224_imagenet.weights.h5")
+    >>> probs = clf.probabilities(rgb_uint8)      # (1000,) float32, softmax
+    """
+
+    def __init__(self, name: str = "mobilenet", weights: str = "imagenet", *,
+                 fit: str = "pad"):
+        self.name, self.weights, self.fit_mode = name, weights, fit
+        self.model = build_classifier(name, weights)
+        self.input_size = EMBEDDERS[name].input_size
+        size = self.input_size
+        self._forward = tf.function(
+            lambda rgb: self.model(tf.cast(rgb, tf.float32) / 127.5 - 1.0, training=False),
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+
+    def probabilities(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) of any size -> float32 (classes,) softmax."""
+        square = geometry.fit_square(np.asarray(rgb, np.uint8), self.input_size, self.fit_mode)
+        return self._forward(tf.constant(square[None])).numpy()[0].astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "input_size": self.input_size, "fit": self.fit_mode,
+                **describe_weights(self.weights)}

@@ -14,6 +14,13 @@ colourfulness, mean CIEDE2000 against the truth; their arithmetic means over the
                     first column of every row, then each model) and a table of the means.
   ``grid.png``      one row per image: [gray | model 1 | model 2 ... | truth].
 
+With ``semantic_weights`` (a MobileNet ImageNet classifier's weights; "none" for random ones in
+tests), the semantic check of Zhang et al. 2016: the classifier
+(:class:`koala.ops.embedder.Classifier`) runs on the colour photo and on every method's output;
+``top1`` is 1 when an output's top-1 class is the photo's, ``top5`` when the photo's top-1
+class is among the output's top 5. Their means are the agreement rates: a colorizer that
+restores meaningful colour moves them above the gray baseline's.
+
 With ``refine=("none", "guided")`` every model gets a second row ``<model>+guided``, its output
 through SPEC §5's guided filter. The loop, the inputs check and the file writing are
 :mod:`koala.core.evaluation`'s.
@@ -47,11 +54,22 @@ RESERVED_NAMES = fmt.IMAGE_KEYS | {"truth_colorfulness", GRAY, TRUTH}
 """Keys of a per-image entry (and of "mean") that a model name must not take."""
 
 METRICS = ("psnr", "ssim", "colorfulness", "delta_e00")
+SEMANTIC_METRICS = ("top1", "top5")
 _TITLES = {
+    "top1": "Top-1 agreement with the colour photo's class (semantic check)",
+    "top5": "The colour photo's class in the top 5 (semantic check)",
     "psnr": "PSNR (dB, higher is better)",
     "ssim": "SSIM (higher is better)",
     "colorfulness": "Colourfulness M (truth's in the last column)",
     "delta_e00": "Mean ΔE00 (lower is better)",
+}
+
+SEMANTIC_VARIANTS = {
+    "top1": "1 if the ImageNet classifier's top-1 class on the output is its top-1 class on "
+            "the colour photo, else 0 (Zhang et al. 2016's semantic interpretability; the "
+            "image fitted into 224 px with white padding); the mean is the agreement rate",
+    "top5": "1 if the classifier's top-1 class on the colour photo is among its top 5 on "
+            "the output, else 0",
 }
 
 METRIC_VARIANTS = {
@@ -94,6 +112,8 @@ class ColorizeEvalConfig:
     refine:           the chroma refinements to report for every model: "none" (the raw
                       prediction) and/or "guided" (SPEC §5's guided filter, a row
                       "<model>+guided"), with ``radius`` and ``eps``.
+    semantic_weights: weights of the MobileNet ImageNet classifier for the semantic check
+                      (a file, "imagenet" or "none"); None: no check.
     """
 
     models: tuple[str, ...]
@@ -107,6 +127,7 @@ class ColorizeEvalConfig:
     refine: tuple[str, ...] = ("none",)
     radius: int = DEFAULT_RADIUS
     eps: float = DEFAULT_EPS
+    semantic_weights: str | None = None
 
     def __post_init__(self):
         if not self.models:
@@ -151,6 +172,7 @@ def colorize_report(
     max_images: int | None = None,
     progress: bool = False,
     on_image: ImageCallback | None = None,
+    classifier=None,
 ) -> dict:
     """Evaluates colorizers and the gray baseline on image files; the core of the colorize task.
 
@@ -170,6 +192,9 @@ def colorize_report(
       progress: show a progress bar on stderr.
       on_image: called as ``on_image(name, [gray, *outputs, truth])`` for every evaluated
         image (uint8 arrays), e.g. to build a comparison grid.
+      classifier: None, or anything with ``probabilities(uint8 image) -> (classes,)``
+        (:class:`koala.ops.embedder.Classifier`): adds ``top1`` and ``top5`` to every method
+        (the semantic check, see the module docstring).
 
     Returns:
       ``{"task": "colorize", "images": N, "methods": ["gray", *models], "saturation",
@@ -185,6 +210,7 @@ def colorize_report(
     """
     fmt.check_names(colorizers, RESERVED_NAMES)
     methods = [GRAY, *colorizers]
+    keys = METRICS + (SEMANTIC_METRICS if classifier is not None else ())
 
     def score(name: str, truth: np.ndarray) -> dict:
         evaluation.check_scorable(*truth.shape[:2])
@@ -198,20 +224,27 @@ def colorize_report(
         entry = {"name": name, "width": int(truth.shape[1]), "height": int(truth.shape[0]),
                  "truth_colorfulness": metrics.colorfulness(truth)}
         entry.update({m: _method_metrics(truth, outputs[m]) for m in methods})
+        if classifier is not None:
+            label = int(np.argmax(classifier.probabilities(truth)))
+            for m in methods:
+                top5 = np.argsort(classifier.probabilities(outputs[m]))[::-1][:5]
+                entry[m]["top1"] = float(top5[0] == label)
+                entry[m]["top5"] = float(label in top5)
         if on_image is not None:
             on_image(name, [*(outputs[m] for m in methods), truth])
         return entry
 
     per_image, skipped = evaluation.score_images(image_paths, score, root=root,
                                                  max_images=max_images, progress=progress)
-    mean = evaluation.means(per_image, methods, METRICS)
+    mean = evaluation.means(per_image, methods, keys)
     mean[TRUTH] = {"colorfulness": evaluation.mean(e["truth_colorfulness"] for e in per_image)}
     return {
         "task": "colorize",
         "images": len(per_image),
         "methods": methods,
         "saturation": float(saturation),
-        "metric_variants": dict(METRIC_VARIANTS),
+        "metric_variants": {**METRIC_VARIANTS,
+                            **(SEMANTIC_VARIANTS if classifier is not None else {})},
         "per_image": per_image,
         "mean": mean,
         "skipped": skipped,
@@ -227,15 +260,16 @@ def colorize_markdown(report: dict) -> str:
         f"{report['images']} images, saturation {report['saturation']:g}; "
         f"{len(report['skipped'])} skipped.",
         "",
-        *fmt.model_lines(report, GRAY, METRIC_VARIANTS),
+        *fmt.model_lines(report, GRAY, report["metric_variants"]),
         "",
         *fmt.mean_section(report),
     ]
-    for key in METRICS:
+    semantic = SEMANTIC_METRICS if "top1" in report["mean"][GRAY] else ()
+    for key in METRICS + semantic:
         extra = (TRUTH, "truth_colorfulness") if key == "colorfulness" else None
         lines += [f"## {_TITLES[key]}", "",
                   *fmt.per_image_table(report, report["methods"], key, extra=extra), ""]
-    return fmt.document(lines, report, METRIC_VARIANTS)
+    return fmt.document(lines, report, report["metric_variants"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,10 +310,16 @@ def run(config: ColorizeEvalConfig) -> dict:
                 colorizers[key] = _Refined(colorizer, refine, config.radius, config.eps)
         return colorizers
 
+    classifier = None
+    if config.semantic_weights is not None:
+        from koala.ops.embedder import Classifier
+
+        classifier = Classifier("mobilenet", config.semantic_weights)
+
     def report(colorizers, paths, *, root, on_image):
         return colorize_report(colorizers, paths, saturation=config.saturation, root=root,
                                max_images=config.max_images, progress=config.progress,
-                               on_image=on_image)
+                               on_image=on_image, classifier=classifier)
 
     guided = {"radius": config.radius, "eps": config.eps} if "guided" in config.refine else {}
     return evaluation.evaluate(
@@ -291,7 +331,8 @@ def run(config: ColorizeEvalConfig) -> dict:
             models={n: evaluation.model_source(p)
                     for n, p in zip(names, config.models, strict=True)},
             embedder_weights=config.embedder_weights, grid_height=config.grid_height,
-            refine=list(config.refine), **guided))
+            refine=list(config.refine), **guided,
+            **({"semantic": classifier.describe()} if classifier is not None else {})))
 
 
 def summary(report: dict, output_dir: str) -> list[str]:
