@@ -104,3 +104,36 @@ def test_quant_unit_rescales_the_stage_2_weight():
         2).quantization == pytest.approx(10.0)
     with pytest.raises(ValueError, match="quant_unit"):
         codec_small(**TINY, quant_unit="bits")
+
+
+def test_residual_ends_start_at_the_luma_and_add_no_trainable_weight(tmp_path):
+    from conftest import smooth_image
+
+    from koala.ops import color
+    from koala.tasks.codec import inference
+
+    keras.utils.set_random_seed(0)
+    plain, residual = codec_small(**TINY), codec_small(**TINY, residual=True)
+    assert len(residual.trainable_weights) == len(plain.trainable_weights)
+    assert sum(int(np.prod(w.shape)) for w in residual.trainable_weights) == \
+        sum(int(np.prod(w.shape)) for w in plain.trainable_weights)
+    x = smooth_image(32, 48, seed=2)[None].astype("float32") / 255
+    out = residual(x)
+    luma = color.rgb_to_luma(x).numpy()
+    # at N(0, 0.02) initialisation the encoder is the luma, the decoder the gray, nearly
+    assert np.abs(out["gray"].numpy() - luma).max() < 0.05
+    assert np.abs(out["restored"].numpy() - out["gray"].numpy()).max() < 0.05
+    assert np.abs(plain(x)["gray"].numpy() - luma).mean() > 0.1  # the paper's tanh does not
+    # outputs stay in [0, 1] however large the residual (the clip)
+    big = residual.encoder.get_layer("conv_out")
+    big.set_weights([w * 1000 for w in big.get_weights()])
+    gray = residual.encoder(x).numpy()
+    assert gray.min() >= 0.0 and gray.max() <= 1.0 and (gray == 1.0).any() | (gray == 0).any()
+    # it saves, reloads and tiles like the paper's model (every layer known to the reader)
+    path = tmp_path / "residual.keras"
+    residual.save(path)
+    again = keras.saving.load_model(path)
+    assert again.config.residual
+    np.testing.assert_allclose(again.encoder(x), residual.encoder(x), atol=1e-6)
+    assert inference.receptive_radius(residual.encoder) == inference.receptive_radius(
+        plain.encoder)

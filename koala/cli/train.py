@@ -129,6 +129,8 @@ def define_flags(fv: flags.FlagValues) -> None:
       "a small model's tanh (docs/models/codec.md).")
     d(b, "quant_ste", "Codec: in stage 2 the decoder sees the 8-bit grayscale, gradients "
       "passing straight through the rounding (default: false, the paper).")
+    d(b, "codec_residual", "Codec: the encoder adds to the luma and the decoder to the gray "
+      "instead of ending in tanh (default false, the paper; koala/tasks/codec/model.py).")
     d(f, "theta_levels", "Codec: the lightness slack, in grey levels of [-1, 1] (SPEC §2: 70, "
       "the default).", lower_bound=0.0)
 

@@ -26,6 +26,7 @@ class CodecTrainConfig:
                         stage 2's quantization weight unit and straight-through rounding
                         (:class:`koala.tasks.codec.model.CodecConfig`, departure 9).
     theta_levels:       the lightness slack in grey levels of [-1, 1] (SPEC §2: 70).
+    codec_residual:     residual ends on the encoder and decoder (departure 10).
     """
 
     stage2_epoch: int = 90
@@ -38,6 +39,7 @@ class CodecTrainConfig:
     quant_unit: str | None = None
     quant_ste: bool = False
     theta_levels: float = 70.0
+    codec_residual: bool = False
 
     def __post_init__(self):
         checks = [

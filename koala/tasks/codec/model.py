@@ -111,6 +111,12 @@ Departures from the paper and the authors' code:
    straight-through gradient, so the decoder learns the input a PNG gives it. Validation
    always decodes the rounded G (``compute_terms(..., rounded=True)``): the held-out
    ``invertibility`` is the error a user gets, and best.keras follows it.
+10. **Residual ends** (``residual=True``, issue 14; off by default): the encoder's last
+    convolution adds to the luma, G' = clip(Y(I') + z, -1, 1), and the decoder's to the gray,
+    R' = clip(G' + z, -1, 1) per channel, instead of a tanh. No trainable parameter is added
+    (the luma is a frozen 1x1 convolution). A small encoder then starts at the luma, so the
+    grayscale conforms from the first step, and a small decoder spends its capacity on the
+    colour rather than on re-drawing the gray's detail.
 """
 
 from __future__ import annotations
@@ -227,6 +233,8 @@ class CodecConfig:
     quant_ste:          in stage 2 the decoder sees G rounded to 8 bits, with a
                         straight-through gradient (departure 9); False = the paper's
                         un-quantized G.
+    residual:           the encoder adds to the luma and the decoder to the gray instead of
+                        ending in tanh (departure 10); False = the paper.
     """
 
     encoder_filters: int = 64
@@ -242,6 +250,7 @@ class CodecConfig:
     contrast_weight: float | None = None
     quant_unit: str | None = None
     quant_ste: bool = False
+    residual: bool = False
 
     def __post_init__(self):
         # Lists arrive from a reloaded .keras file's JSON: store tuples, so configs compare.
@@ -363,8 +372,10 @@ class InvertibleGrayscale(keras.Model):
         self.config = CodecConfig(**config)
         super().__init__(name=name, **kwargs)
         cfg = self.config
-        self.encoder = encoder(cfg.encoder_filters, cfg.encoder_res_blocks, name="encoder")
-        self.decoder = decoder(cfg.decoder_filters, cfg.decoder_res_blocks, name="decoder")
+        self.encoder = encoder(cfg.encoder_filters, cfg.encoder_res_blocks, name="encoder",
+                               residual=cfg.residual)
+        self.decoder = decoder(cfg.decoder_filters, cfg.decoder_res_blocks, name="decoder",
+                               residual=cfg.residual)
         self.stage = self.add_weight(
             name="stage", shape=(), dtype="int32", trainable=False,
             initializer=keras.initializers.Constant(1), aggregation="only_first_replica",

@@ -7,6 +7,7 @@ import keras
 
 DOWNSAMPLING = 4  # two stride-2 convs in the encoder
 INIT_STDDEV = 0.02  # N(0, 0.02) kernels, as the authors' code
+LUMA_KERNEL = [[[[0.299], [0.587], [0.114]]]]  # (1, 1, 3, 1): BT.601 luma
 
 __all__ = ["DOWNSAMPLING", "INIT_STDDEV", "decoder", "encoder"]
 
@@ -37,17 +38,37 @@ def _to_unit(name):
     return keras.layers.Rescaling(0.5, offset=0.5, dtype="float32", name=name)
 
 
+def _clip_signed(x, name: str):
+    """clip(x, -1, 1) from plain layers (ReLU with a ceiling), float32."""
+    x = keras.layers.Rescaling(1.0, offset=1.0, dtype="float32", name=f"{name}_shift")(x)
+    x = keras.layers.ReLU(max_value=2.0, dtype="float32", name=f"{name}_clip")(x)
+    return keras.layers.Rescaling(1.0, offset=-1.0, dtype="float32", name=name)(x)
+
+
+def _luma(x, name: str):
+    """BT.601 luma of a (B, H, W, 3) tensor, a frozen 1x1 convolution (float32)."""
+    conv = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, dtype="float32",
+                               name=name,
+                               kernel_initializer=keras.initializers.Constant(LUMA_KERNEL))
+    return conv(x)
+
+
 def _check_positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def encoder(filters: int = 64, res_blocks=(2, 4, 2), name: str = "encoder") -> keras.Model:
+def encoder(filters: int = 64, res_blocks=(2, 4, 2), name: str = "encoder", *,
+            residual: bool = False) -> keras.Model:
     """The encoder E: sRGB (B, H, W, 3) in [0, 1] -> gray (B, H, W, 1) in [0, 1], float32.
 
     ``filters`` f sets the widths f, 2f, 4f (64 in the paper); ``res_blocks`` the residual
     blocks before the first skip, at the bottom, and after the last skip ((2, 4, 2)). H and
     W must be multiples of 4. See the module docstring for the layer table.
+
+    ``residual`` (a departure, :mod:`koala.tasks.codec.model`'s 10): G' = clip(Y(I') + z,
+    -1, 1) with z the last convolution's output (no tanh), so the encoder starts at the luma
+    and learns only what it adds to hide the colour.
     """
     _check_positive("filters", filters)
     res_blocks = tuple(res_blocks)
@@ -59,7 +80,7 @@ def encoder(filters: int = 64, res_blocks=(2, 4, 2), name: str = "encoder") -> k
     f1, f2, f4 = filters, 2 * filters, 4 * filters
 
     rgb = keras.Input((None, None, 3), name="rgb")
-    x = _to_signed("to_signed")(rgb)
+    x = signed = _to_signed("to_signed")(rgb)
     x = _conv(f1, 3, "conv_in")(x)
     for i in range(res_blocks[0]):
         x = _residual(x, f1, f"res1_{i + 1}")
@@ -83,26 +104,39 @@ def encoder(filters: int = 64, res_blocks=(2, 4, 2), name: str = "encoder") -> k
     # float32 under mixed precision too: bfloat16 would hold G to ~0.5 grey levels near
     # white, coarser than the 8-bit grid that L_Q aims at.
     x = _conv(1, 3, "conv_out", dtype="float32")(x)
-    x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    if residual:
+        luma = _luma(signed, "luma")
+        x = _clip_signed(keras.layers.Add(dtype="float32", name="plus_luma")([luma, x]),
+                         "clip")
+    else:
+        x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
     gray = _to_unit("gray")(x)
     return keras.Model(rgb, gray, name=name)
 
 
-def decoder(filters: int = 64, res_blocks: int = 8, name: str = "decoder") -> keras.Model:
+def decoder(filters: int = 64, res_blocks: int = 8, name: str = "decoder", *,
+            residual: bool = False) -> keras.Model:
     """The decoder D: gray (B, H, W, 1) in [0, 1] -> sRGB (B, H, W, 3) in [0, 1], float32.
 
     conv3/f -> ``res_blocks`` residual blocks(f) -> conv3/4f (linear) -> conv1/3 -> tanh.
+    ``residual`` (departure 10): R' = clip(G' + z, -1, 1) on each channel, z the conv1/3's
+    output (no tanh): the decoder learns the colour around the gray it is given.
     """
     _check_positive("filters", filters)
     if not isinstance(res_blocks, int) or res_blocks < 0:
         raise ValueError(f"res_blocks must be a non-negative integer, got {res_blocks!r}")
     gray = keras.Input((None, None, 1), name="gray")
-    x = _to_signed("to_signed")(gray)
+    x = signed = _to_signed("to_signed")(gray)
     x = _conv(filters, 3, "conv_in")(x)
     for i in range(res_blocks):
         x = _residual(x, filters, f"res{i + 1}")
     x = _conv(4 * filters, 3, "conv_wide")(x)
     x = _conv(3, 1, "conv_out", dtype="float32")(x)
-    x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    if residual:
+        base = keras.layers.Concatenate(dtype="float32", name="gray3")([signed] * 3)
+        x = _clip_signed(keras.layers.Add(dtype="float32", name="plus_gray")([base, x]),
+                         "clip")
+    else:
+        x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
     rgb = _to_unit("rgb")(x)
     return keras.Model(gray, rgb, name=name)
