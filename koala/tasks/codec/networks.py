@@ -45,6 +45,13 @@ def _clip_signed(x, name: str):
     return keras.layers.Rescaling(1.0, offset=-1.0, dtype="float32", name=name)(x)
 
 
+def _end(x, base, name: str):
+    """The last step on [-1, 1]: tanh (the paper), or clip(base + x) for residual ends."""
+    if base is None:
+        return keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    return _clip_signed(keras.layers.Add(dtype="float32", name=name)([base, x]), "clip")
+
+
 def _luma(x, name: str):
     """BT.601 luma of a (B, H, W, 3) tensor, a frozen 1x1 convolution (float32)."""
     conv = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, dtype="float32",
@@ -104,12 +111,7 @@ def encoder(filters: int = 64, res_blocks=(2, 4, 2), name: str = "encoder", *,
     # float32 under mixed precision too: bfloat16 would hold G to ~0.5 grey levels near
     # white, coarser than the 8-bit grid that L_Q aims at.
     x = _conv(1, 3, "conv_out", dtype="float32")(x)
-    if residual:
-        luma = _luma(signed, "luma")
-        x = _clip_signed(keras.layers.Add(dtype="float32", name="plus_luma")([luma, x]),
-                         "clip")
-    else:
-        x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    x = _end(x, _luma(signed, "luma") if residual else None, "plus_luma")
     gray = _to_unit("gray")(x)
     return keras.Model(rgb, gray, name=name)
 
@@ -132,11 +134,8 @@ def decoder(filters: int = 64, res_blocks: int = 8, name: str = "decoder", *,
         x = _residual(x, filters, f"res{i + 1}")
     x = _conv(4 * filters, 3, "conv_wide")(x)
     x = _conv(3, 1, "conv_out", dtype="float32")(x)
-    if residual:
-        base = keras.layers.Concatenate(dtype="float32", name="gray3")([signed] * 3)
-        x = _clip_signed(keras.layers.Add(dtype="float32", name="plus_gray")([base, x]),
-                         "clip")
-    else:
-        x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    base = (keras.layers.Concatenate(dtype="float32", name="gray3")([signed] * 3)
+            if residual else None)
+    x = _end(x, base, "plus_gray")
     rgb = _to_unit("rgb")(x)
     return keras.Model(gray, rgb, name=name)
