@@ -34,6 +34,10 @@ def parse(argv, define: Callable[[flags.FlagValues], None], *, doc: str,
     """
     fv = flags.FlagValues()
     define(fv)
+    if "verbosity" not in fv:
+        flags.DEFINE_integer("verbosity", 0, "1 or more also shows TensorFlow's native start-up "
+                             "log lines (koala.cli.quiet), hidden by default.", short_name="v",
+                             flag_values=fv)
     argv = list(argv) or ["koala"]
     if any(a in HELP_ARGS for a in argv[1:]):
         print(doc.strip() + "\n\nflags:\n" + fv.get_help(include_special_flags=False))
@@ -52,8 +56,14 @@ def parse(argv, define: Callable[[flags.FlagValues], None], *, doc: str,
 
 
 def run(main: Callable[[list[str]], int]) -> None:
-    """``sys.exit(call(main, sys.argv))`` for a console script or ``python -m``."""
-    sys.exit(call(main, sys.argv))
+    """``sys.exit(call(main, sys.argv))`` for a console script or ``python -m``, with
+    TensorFlow's native start-up chatter filtered from stderr unless ``--verbosity`` >= 1
+    asks for it (:mod:`koala.cli.quiet`)."""
+    from koala.cli import quiet
+
+    with quiet.native_logs_filtered(not quiet.wanted(sys.argv)):
+        status = call(main, sys.argv)
+    sys.exit(status)
 
 
 # TensorFlow's errors that a user's storage causes (its file writers report a full disk as

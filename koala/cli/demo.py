@@ -91,7 +91,11 @@ def main(argv=None) -> int:
 
 
 def run() -> None:
-    sys.exit(main(sys.argv))
+    from koala.cli import quiet
+
+    with quiet.native_logs_filtered(not quiet.wanted(sys.argv)):
+        status = main(sys.argv)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
