@@ -30,7 +30,8 @@ from absl import app, flags
 from PIL import Image
 
 flags.DEFINE_string("model", "codec", "A codec preset name or .keras path.")
-flags.DEFINE_string("photo", str(REPO / "data" / "samples" / "aitzgorri_by_Aitzol_Berasategi.jpg"),
+flags.DEFINE_string("photo",
+                    str(REPO / "data" / "samples" / "aitzgorri_by_Aitzol_Berasategi.jpg"),
                     "The colour photo, resized to --width x --height.")
 flags.DEFINE_integer("width", 2000, "Photo width.")
 flags.DEFINE_integer("height", 1500, "Photo height.")
@@ -73,7 +74,7 @@ def main(_):
         t_luma = time.perf_counter() - start
     print(f"model {FLAGS.model}, tile {FLAGS.tile or 'default'}")
     print(f"{'image':>12} {'encode s':>9} {'peak MB':>8} {'decode s':>9} {'peak MB':>8}")
-    for name, size, enc, dec in rows:
+    for _, size, enc, dec in rows:
         print(f"{size[0]:>5}x{size[1]:<6} {enc[0]:9.2f} {enc[1]:8.0f} {dec[0]:9.2f} "
               f"{dec[1]:8.0f}")
     (_, _, enc, dec), (_, _, enc0, dec0) = rows
