@@ -468,14 +468,14 @@ class InvertibleGrayscale(keras.Model):
         rgb = tf.cast(rgb, tf.float32)
         stage = tf.cast(ops.convert_to_tensor(self.stage), tf.int32)
         gray = tf.cast(self.encoder(rgb, training=training), tf.float32)
-        if rounded is None:
-            on = (tf.cast(tf.equal(stage, 2), tf.float32) if cfg.quant_ste
-                  else tf.constant(0.0))
-        else:
-            on = tf.constant(1.0 if rounded else 0.0)
-        # The gradient passes straight through the rounding (departure 9).
-        levels = tf.round(gray * losses.LEVELS) / losses.LEVELS
-        decoded = gray + tf.stop_gradient(on * (levels - gray))
+        decoded = gray
+        if rounded or (rounded is None and cfg.quant_ste):
+            # 1 in stage 2 (training with quant_ste) or always (rounded=True); the gradient
+            # passes straight through the rounding (departure 9).
+            on = (tf.cast(tf.equal(stage, 2), tf.float32) if rounded is None
+                  else tf.constant(1.0))
+            levels = tf.round(gray * losses.LEVELS) / losses.LEVELS
+            decoded = gray + tf.stop_gradient(on * (levels - gray))
         restored = tf.cast(self.decoder(decoded, training=training), tf.float32)
         terms = {
             "invertibility": losses.invertibility(rgb, restored),

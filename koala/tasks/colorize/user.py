@@ -34,42 +34,39 @@ from koala.tasks.colorize.config import (
     DEFAULT_HINT_REACH,
     DEFAULT_HINT_THRESHOLD,
     DEFAULT_REFERENCE_SAMPLES,
+    DEFAULT_SATURATION,
+)
+from koala.tasks.colorize.inference import (
+    Colorizer,
+    _as_rgb,
+    _lab_to_uint8,
+    _lightness,
+    gray_baseline,
 )
 
-__all__ = [
-    "DEFAULT_REACH",
-    "DEFAULT_THRESHOLD",
-    "colorize_from_reference",
-    "colorize_with_hints",
-    "hint_mask",
-]
-
-DEFAULT_THRESHOLD = DEFAULT_HINT_THRESHOLD  # chroma distance in YUV (about 5 levels of 255)
-DEFAULT_REACH = DEFAULT_HINT_REACH  # pixels: a model's colour is kept beyond this
+__all__ = ["colorize_from_reference", "colorize_with_hints", "hint_mask"]
 
 
 def _rgb(image, name: str) -> np.ndarray:
     """uint8 (H, W, 3) from a LoadedImage or a uint8 (H, W[, 1 or 3]) array."""
-    from koala.tasks.colorize.inference import _as_rgb
-
     try:
         return _as_rgb(image)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name}: {e}") from None
 
 
-def _gray(rgb: np.ndarray) -> np.ndarray:
-    """The input's gray (its L* with no chroma) as float (H, W) in [0, 1]."""
-    from koala.tasks.colorize.inference import gray_baseline
-
-    return gray_baseline(rgb)[..., 0].astype(np.float64) / 255.0
+def _gray(rgb: np.ndarray) -> tuple[tf.Tensor, np.ndarray]:
+    """(L* (H, W, 1), the gray koala colours: :func:`gray_baseline`'s uint8 (H, W, 3)), from
+    one Lab conversion."""
+    lightness = _lightness(rgb)
+    return lightness, _lab_to_uint8(lightness, tf.zeros([*lightness.shape[:-1], 2]))
 
 
 def _yuv(rgb: np.ndarray) -> np.ndarray:
     return color.rgb_to_yuv(rgb.astype(np.float64) / 255.0).numpy()
 
 
-def hint_mask(gray, hints, *, threshold: float = DEFAULT_THRESHOLD, name: str = "hints"
+def hint_mask(gray, hints, *, threshold: float = DEFAULT_HINT_THRESHOLD, name: str = "hints"
               ) -> np.ndarray:
     """The hint pixels: where the hints image's chroma differs from the gray input's (the
     input's lightness with no chroma, which is what koala colours: a colour input counts as
@@ -87,17 +84,18 @@ def hint_mask(gray, hints, *, threshold: float = DEFAULT_THRESHOLD, name: str = 
       ImageError: the hints image's size differs from the gray image's, or it has no hint
         pixel.
     """
-    gray, hints = _rgb(gray, "gray"), _rgb(hints, name)
-    if hints.shape[:2] != gray.shape[:2]:
-        raise ImageError(name, f"hints image is {hints.shape[1]}x{hints.shape[0]} but the "
-                               f"gray image is {gray.shape[1]}x{gray.shape[0]}: draw the hints "
-                               f"on a copy of the gray image")
-    from koala.tasks.colorize.inference import gray_baseline
+    return _mask(gray_baseline(_rgb(gray, "gray")), _rgb(hints, name), threshold, name)
 
-    # against the gray koala colours (the input's L* only): a colour input's own chroma
-    # would make every pixel of a hints image drawn on its gray copy a hint
-    distance = np.linalg.norm(_yuv(hints)[..., 1:] - _yuv(gray_baseline(gray))[..., 1:],
-                              axis=-1)
+
+def _mask(base: np.ndarray, hints: np.ndarray, threshold: float, name: str) -> np.ndarray:
+    """:func:`hint_mask` of the gray koala colours (``gray_baseline`` of the input: its L*
+    only; a colour input's own chroma would make every pixel of a hints image drawn on its
+    gray copy a hint)."""
+    if hints.shape[:2] != base.shape[:2]:
+        raise ImageError(name, f"hints image is {hints.shape[1]}x{hints.shape[0]} but the "
+                               f"gray image is {base.shape[1]}x{base.shape[0]}: draw the hints "
+                               f"on a copy of the gray image")
+    distance = np.linalg.norm(_yuv(hints)[..., 1:] - _yuv(base)[..., 1:], axis=-1)
     mask = distance > threshold
     if not mask.any():
         raise ImageError(name, f"no hint pixels: no pixel's chroma differs from the gray "
@@ -106,18 +104,8 @@ def hint_mask(gray, hints, *, threshold: float = DEFAULT_THRESHOLD, name: str = 
     return mask
 
 
-def _lab_uint8(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    rgb = color.lab_to_srgb(tf.concat([tf.constant(lightness, tf.float32),
-                                       tf.constant(ab, tf.float32)], axis=-1))
-    return np.round(rgb.numpy() * 255.0).astype(np.uint8)
-
-
-def _lightness(rgb: np.ndarray) -> np.ndarray:
-    return color.srgb_to_lab(tf.constant(rgb, tf.float32) / 255.0)[..., :1].numpy()
-
-
-def colorize_with_hints(gray, hints, model=None, *, threshold: float = DEFAULT_THRESHOLD,
-                        reach: int = DEFAULT_REACH, name: str = "hints", **model_options
+def colorize_with_hints(gray, hints, model=None, *, threshold: float = DEFAULT_HINT_THRESHOLD,
+                        reach: int = DEFAULT_HINT_REACH, name: str = "hints", **model_options
                         ) -> np.ndarray:
     """Colours ``gray`` from the colour drawn in ``hints``, alone or correcting a model.
 
@@ -142,8 +130,9 @@ def colorize_with_hints(gray, hints, model=None, *, threshold: float = DEFAULT_T
       ImageError: a hints image of the wrong size or with no hint pixel.
     """
     rgb, marks = _rgb(gray, "gray"), _rgb(hints, name)
-    mask = hint_mask(rgb, marks, threshold=threshold, name=name)
-    y = _gray(rgb)
+    lightness, base = _gray(rgb)  # once: the mask, Y and (with a model) L* come from it
+    mask = _mask(base, marks, threshold, name)
+    y = base[..., 0].astype(np.float64) / 255.0
     if model is None:
         if model_options:
             raise TypeError(f"{sorted(model_options)} need a model")
@@ -152,8 +141,6 @@ def colorize_with_hints(gray, hints, model=None, *, threshold: float = DEFAULT_T
         return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
     if reach < 0:
         raise ValueError(f"reach must be >= 0, got {reach}")
-    from koala.tasks.colorize.inference import DEFAULT_SATURATION, Colorizer
-
     colorizer = model if isinstance(model, Colorizer) else (
         Colorizer.load(model) if isinstance(model, str) else Colorizer(model))
     saturation = model_options.pop("saturation", DEFAULT_SATURATION)
@@ -164,7 +151,7 @@ def colorize_with_hints(gray, hints, model=None, *, threshold: float = DEFAULT_T
         far = ndimage.distance_transform_edt(~mask) > reach
         fixed = mask | far
     ab = ab + levin.propagate(y, fixed, delta)
-    return _lab_uint8(_lightness(rgb), ab)
+    return _lab_to_uint8(lightness, tf.constant(ab, tf.float32))
 
 
 def colorize_from_reference(gray, reference, *, samples: int = DEFAULT_REFERENCE_SAMPLES,
@@ -181,7 +168,8 @@ def colorize_from_reference(gray, reference, *, samples: int = DEFAULT_REFERENCE
       uint8 (H, W, 3) sRGB.
     """
     rgb, ref = _rgb(gray, "gray"), _rgb(reference, "reference")
-    out = welsh.transfer(_gray(rgb), ref.astype(np.float64) / 255.0, samples=samples,
+    lightness, base = _gray(rgb)
+    out = welsh.transfer(base[..., 0] / 255.0, ref.astype(np.float64) / 255.0, samples=samples,
                          seed=seed)
-    ab = color.srgb_to_lab(tf.constant(out, tf.float32))[..., 1:].numpy()
-    return _lab_uint8(_lightness(rgb), ab)
+    ab = color.srgb_to_lab(tf.constant(out, tf.float32))[..., 1:]
+    return _lab_to_uint8(lightness, ab)
