@@ -422,3 +422,28 @@ def test_cli_smoke_flagfile(records, tmp_path):
     for line in ("--head=classification", "--rebalance_lambda=0.5", "--temperature=0.38"):
         assert line in flags_txt
     assert keras.saving.load_model(workdir / "best.keras").config.head == "classification"
+
+
+def test_a_colorizer_decodes_at_another_temperature(tmp_path, mobilenet_none):
+    from koala.tasks.colorize.inference import Colorizer
+
+    model = fusion_small(image_size=32, embedding_dim=1000, head="classification",
+                         embedder="mobilenet", embedder_weights="none")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    embedder = mobilenet_none
+    image = np.random.default_rng(0).integers(0, 256, (40, 52, 3), np.uint8)
+    default = Colorizer(keras.saving.load_model(path), embedder)
+    assert default.temperature == pytest.approx(0.38)
+    cold = Colorizer(keras.saving.load_model(path), embedder, temperature=0.1)
+    mean = Colorizer(keras.saving.load_model(path), embedder, temperature=1.0)
+    assert cold.temperature == 0.1
+    chroma = [np.abs(c.predict_ab(image)).mean() for c in (cold, default, mean)]
+    # A lower temperature moves the annealed mean towards the mode: away from the mean's
+    # grey; the three decodings differ.
+    assert chroma[0] != chroma[1] != chroma[2]
+    regression = fusion_small(image_size=32, embedding_dim=1000, embedder="mobilenet",
+                              embedder_weights="none")
+    assert Colorizer(regression, embedder).temperature is None
+    with pytest.raises(KoalaError, match="no classification head"):
+        Colorizer(regression, embedder, temperature=0.5)

@@ -233,3 +233,72 @@ def test_stored_rgb_decodes_exactly_like_the_loader(tmp_path):
         name = ex[features.NAME].numpy().decode()
         np.testing.assert_array_equal(features.decode_rgb(ex[features.RGB]),
                                       load_image(photos / name).rgb)
+
+
+# --- crops from the stored photo (--crops_from=rgb) -------------------------------------------
+
+
+def test_rgb_crop_is_a_square_of_the_photo_in_lab():
+    rng = np.random.default_rng(0)
+    photo = rng.uniform(0, 1, (48, 64, 3)).astype(np.float32)
+    l, ab = pipelines.rgb_crop_to_lab(tf.constant(photo), crop_size=48, min_fraction=1.0,
+                                      seed=3)
+    assert l.shape == (48, 48, 1) and ab.shape == (48, 48, 2)
+    got = np.concatenate([l.numpy() * 50 + 50, ab.numpy() * 128], -1)
+    # The side is the whole short side (min_fraction 1): one of the 17 offsets, maybe flipped.
+    errors = []
+    for offset in range(17):
+        lab = skcolor.rgb2lab(photo[:, offset:offset + 48].astype(np.float64))
+        errors += [np.abs(got - lab).max(), np.abs(got - lab[:, ::-1]).max()]
+    assert min(errors) < 0.05
+
+
+def test_rgb_crops_shrink_random_squares_and_vary(record_dir):
+    ds = pipelines.colorization_dataset(record_dir / "records", batch_size=6, training=True,
+                                        seed=1, crop_size=16, crops_from="rgb",
+                                        min_crop_fraction=0.3, whole_image_fraction=0.0,
+                                        repeat=True)
+    batches = iter(ds)
+    x, ab = next(batches)
+    assert x["l"].shape == (6, 16, 16, 1) and ab.shape == (6, 16, 16, 2)
+    assert float(tf.reduce_max(tf.abs(ab))) <= 1.0 and float(tf.reduce_max(tf.abs(x["l"]))) <= 1
+    np.testing.assert_allclose(tf.reduce_sum(x["embedding"], -1), 1.0, atol=5e-3)
+    # No white padding in a crop of the photo (the records' squares have some).
+    assert float(tf.reduce_max(x["l"])) < 0.99
+    x2, _ = next(batches)  # the next epoch: other squares of the same photos
+    assert not np.allclose(np.sort(x["l"].numpy().ravel()), np.sort(x2["l"].numpy().ravel()))
+
+
+def test_whole_image_examples_and_evaluation_are_the_record_resized(record_dir):
+    kw = dict(batch_size=6, crop_size=16, crops_from="rgb")
+    evaluation = pipelines.colorization_dataset(record_dir / "records", training=False, **kw)
+    x, ab = next(iter(evaluation))
+    parsed = first_parsed(record_dir, ["color"])
+    ex = pipelines.decode_color_example(parsed, embedding_dim=1000)
+    want = tf.image.resize(tf.concat([ex["l"], ex["ab"]], -1), [16, 16], "bilinear",
+                           antialias=True)
+    np.testing.assert_allclose(x["l"][0], want[..., :1], atol=1e-6)
+    np.testing.assert_allclose(ab[0], want[..., 1:], atol=1e-6)
+    # Training with whole_image_fraction=1: every example is a (maybe flipped) whole image.
+    train = pipelines.colorization_dataset(record_dir / "records", training=True, seed=2,
+                                           whole_image_fraction=1.0, **kw)
+    tx, _ = next(iter(train))
+    eval_l = [x["l"][i].numpy() for i in range(6)]
+    for i in range(6):
+        got = tx["l"][i].numpy()
+        assert any(np.allclose(got, e, atol=1e-6) or np.allclose(got[:, ::-1], e, atol=1e-6)
+                   for e in eval_l)
+
+
+def test_rgb_crops_need_the_rgb_group_and_a_crop_size(record_dir, tmp_path, mobilenet_none):
+    with pytest.raises(ValueError, match="crop_size"):
+        pipelines.colorization_dataset(record_dir / "records", crops_from="rgb")
+    with pytest.raises(ValueError, match="crops_from"):
+        pipelines.colorization_dataset(record_dir / "records", crops_from="jpeg", crop_size=16)
+    make_photo_folder(tmp_path / "photos", n_good=2, with_bad=False)
+    cfg = build.BuildConfig(input_dir=str(tmp_path / "photos"), output_dir=str(tmp_path / "r"),
+                            image_size=SIZE, embedder="mobilenet", embedder_weights="none",
+                            groups=("color",), val_fraction=0.0, progress=False)
+    assert build.build(cfg, embedder=mobilenet_none).ok
+    with pytest.raises(RecordsError, match="rgb"):
+        pipelines.colorization_dataset(tmp_path / "r", crops_from="rgb", crop_size=16)

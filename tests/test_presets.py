@@ -35,7 +35,9 @@ def test_the_shipped_index_lists_every_preset_with_a_matching_file():
     on_disk = {f.name for f in presets.DIR.glob("*.keras")}
     assert files == on_disk  # no stray model, none missing
     total = sum(f.stat().st_size for f in presets.DIR.iterdir())
-    assert total < 60 * 2**20
+    # The two paper-size fusion colorizers (6.6 M parameters, 26 MB each) and the MobileNet
+    # embedder they share (17 MB) are most of it.
+    assert total < 100 * 2**20
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -221,3 +223,86 @@ def test_a_reader_that_leaves_early_ends_the_table_quietly():
         os.close(write_end)
     assert proc.returncode == 141, proc.stderr  # it was "error: [Errno 32] Broken pipe", 2
     assert "rror" not in proc.stderr
+
+
+COLORIZE_PRESETS = sorted(n for n, p in SHIPPED.items() if p.family == "colorize")
+
+
+def test_colorize_has_a_recommended_preset_that_ships_its_embedder():
+    name = presets.default("colorize")
+    assert name == "fusion_mobilenet" and SHIPPED[name].recommended
+    for n in COLORIZE_PRESETS:
+        weights = presets.embedder_weights(n)
+        assert weights and os.path.dirname(weights) == str(presets.DIR)
+        assert presets.decoding(n)["saturation"] > 0  # picked on held-out photos
+
+
+@pytest.mark.parametrize("name", COLORIZE_PRESETS)
+def test_a_colorize_preset_embeds_a_photo_as_its_records_did(name, tmp_path):
+    # Records built with the preset's own embedder weights file (as the preset's were, from
+    # ../shared/weights), then the preset's inference path on the same photo.
+    from conftest import make_photo_folder
+
+    from koala.data import build, features, records
+    from koala.ops import images
+    from koala.tasks.colorize.inference import Colorizer
+
+    good, _ = make_photo_folder(tmp_path / "photos", n_good=2, with_bad=False)
+    cfg = build.BuildConfig(input_dir=str(tmp_path / "photos"), output_dir=str(tmp_path / "r"),
+                            groups=("color",), embedder="mobilenet",
+                            embedder_weights=presets.embedder_weights(name),
+                            val_fraction=0.0, progress=False)
+    assert build.build(cfg).ok
+    stored = {}
+    import tensorflow as tf
+
+    for f in records.resolve(str(tmp_path / "r"), "train").files:
+        for s in tf.data.TFRecordDataset(f):
+            parsed = features.parse(s, ["color"])
+            stored[parsed[features.NAME].numpy().decode()] = features.decode_embedding(
+                parsed[features.EMBEDDING]).numpy()
+    colorizer = Colorizer.load(name)
+    assert colorizer.config.embedder == "mobilenet"
+    for rel in good:
+        rgb = images.load_image(tmp_path / "photos" / rel).rgb
+        got = colorizer.embedder.embed(colorizer.embedder.fit(rgb)[None])[0]
+        # float16 storage: relative error <= 2**-11 of each value
+        np.testing.assert_allclose(got, stored[rel], rtol=2**-10, atol=1e-6)
+        assert got.max() > 0.01  # a real ImageNet softmax, not a flat random one
+
+
+def test_add_ships_a_colorizers_embedder_weights_and_decoding(tmp_path, monkeypatch):
+    from koala.tasks.colorize.models.fusion import fusion_small
+
+    store = tmp_path / "presets"
+    store.mkdir()
+    monkeypatch.setattr(presets, "DIR", store)
+    monkeypatch.setattr(presets, "INDEX", store / "presets.json")
+    model = fusion_small(image_size=32, embedding_dim=1000, embedder="mobilenet",
+                         embedder_weights="/elsewhere/mobilenet.weights.h5")
+    model.save(tmp_path / "best.keras")
+    weights = tmp_path / "mobilenet.weights.h5"
+    weights.write_bytes(b"\x89HDF weights stand-in")
+    flagfile = tmp_path / "c.flags"
+    flagfile.write_text("--model=fusion\n")
+    report = tmp_path / "metrics.json"
+    report.write_text(json.dumps({"methods": ["gray", "best"], "images": 3, "mean": {
+        "gray": {"psnr": 22.0}, "best": {"psnr": 23.0}}}))
+    args = [f"--from={tmp_path / 'best.keras'}", "--family=colorize",
+            f"--flagfile_used={flagfile}", f"--eval={report}", "--wall_time_s=1",
+            f"--embedder_weights={weights}", "--embedder_license=Apache-2.0",
+            "--saturation=1.1"]
+    assert cli_main("presets", "add", "tiny_color", *args) == 0
+    assert cli_main("presets", "add", "tiny_color2", *args, "--temperature=0.3") == 0
+    index = store / "presets.json"
+    assert presets.embedder_weights("tiny_color", index_path=index) == str(
+        store / "mobilenet.weights.h5")
+    assert (store / "mobilenet.weights.h5").read_bytes() == weights.read_bytes()  # one copy
+    assert presets.decoding("tiny_color", index_path=index) == {"saturation": 1.1}
+    assert presets.decoding("tiny_color2", index_path=index) == {"saturation": 1.1,
+                                                                  "temperature": 0.3}
+    assert presets.embedder_weights(str(tmp_path / "best.keras"), index_path=index) is None
+    assert presets.decoding(str(tmp_path / "best.keras"), index_path=index) == {}
+    (store / "mobilenet.weights.h5").write_bytes(b"\x89HDF weights stand-IN")  # same size
+    with pytest.raises(presets.PresetError, match="sha256"):
+        presets.embedder_weights("tiny_color", index_path=index)

@@ -391,3 +391,12 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_dead_ones_lock_taken_ov
         holder.wait(timeout=30)
     assert (run / ".lock").exists()
     assert registry.train(*smoke(records, run, epochs=1)).epoch == [0]
+
+
+def test_fusion_trains_on_crops_of_the_stored_photos(records, tmp_path):
+    run, cfg = smoke(records, tmp_path / "run", crop_size=16, crops_from="rgb",
+                     min_crop_fraction=0.5, whole_image_fraction=0.5)
+    history = registry.train(run, cfg, flags_text="--model=x\n")
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert np.isfinite(history.history["val_loss"][-1])
+    assert keras.saving.load_model(tmp_path / "run" / "best.keras").config.image_size == 16

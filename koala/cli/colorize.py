@@ -61,9 +61,16 @@ def define_flags(fv: flags.FlagValues) -> None:
                         "colorizer (fusion, Lal et al. or ColorGAN) saved as .keras by "
                         "koala.train. Default: the recommended colorize preset.",
                         flag_values=fv)
-    flags.DEFINE_float("saturation", DEFAULT_SATURATION,
-                       "Factor on the predicted a*b* (SPEC §1: 1.2; 0 gives the gray input).",
-                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_float("saturation", None,
+                       f"Factor on the predicted a*b* (0 gives the gray input). Default: the "
+                       f"preset's recorded decoding (python -m koala.presets), else SPEC §1's "
+                       f"{DEFAULT_SATURATION}.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_float("temperature", None,
+                       "Classification-head colorizers: the annealed-mean temperature (Zhang et "
+                       "al.: 0.38; lower is more colourful, 1 is the mean). Default: the "
+                       "preset's recorded decoding, else the model's own.", flag_values=fv)
+    flags.register_validator("temperature", lambda v: v is None or v > 0,
+                             "--temperature must be > 0", flag_values=fv)
     flags.DEFINE_enum("refine", "none", list(REFINES),
                       "Chroma refinement: none, or guided (a guided filter on the full-resolution "
                       "a*b* with L* as guide; SPEC §5).", flag_values=fv)
@@ -178,7 +185,8 @@ def main(argv) -> int:
     colorizer = None
     try:
         if fv.model:
-            colorizer = Colorizer.load(fv.model, embedder_weights=fv.embedder_weights)
+            colorizer = Colorizer.load(fv.model, embedder_weights=fv.embedder_weights,
+                                       temperature=fv.temperature)
         if fv.samples > 1 and not colorizer.is_gan:
             raise KoalaError(f"--samples={fv.samples}: {fv.model} is a deterministic "
                              f"fusion colorizer; only a ColorGAN draws several colourings")

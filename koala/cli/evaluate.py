@@ -45,7 +45,7 @@ from koala.tasks.colorize.config import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SAT
 TASK_FLAGS = {
     "colorize": ("task", "model", "images", "output_dir", "max_images", "saturation",
                  "embedder_weights", "grid_height", "refine", "radius", "eps", "progress",
-                 "semantic_weights"),
+                 "semantic_weights", "temperature"),
     "sr": ("task", "model", "images", "scale", "output_dir", "max_images", "crop_size",
            "progress"),
     "codec": ("task", "model", "images", "output_dir", "max_images", "jpeg_quality",
@@ -65,8 +65,14 @@ def define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_integer("max_images", None, "Evaluate at most this many images (default: "
                          "all).", lower_bound=1, flag_values=fv)
-    flags.DEFINE_float("saturation", None, f"colorize: factor on the predicted a*b* (SPEC §1: "
+    flags.DEFINE_float("saturation", None, f"colorize: factor on the predicted a*b*. Default: "
+                       f"each model's own (a preset's recorded decoding, else SPEC §1's "
                        f"{DEFAULT_SATURATION}).", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_float("temperature", None, "colorize: annealed-mean temperature of the "
+                       "classification-head models (Zhang et al.: 0.38); the others ignore it. "
+                       "Default: each model's own.", flag_values=fv)
+    flags.register_validator("temperature", lambda v: v is None or v > 0,
+                             "--temperature must be > 0", flag_values=fv)
     flags.DEFINE_string("semantic_weights", None, "colorize: the semantic check (Zhang et al. "
                         "2016): top-1/top-5 agreement of a MobileNet ImageNet classifier "
                         "between each output and the colour photo; its weights file (e.g. "
@@ -118,7 +124,8 @@ def _colorize(fv: flags.FlagValues):
     return evaluator, evaluator.ColorizeEvalConfig(
         models=tuple(fv.model), images=fv.images,
         **_given(fv, "output_dir", "max_images", "saturation", "embedder_weights",
-                 "grid_height", "progress", "refine", "radius", "eps", "semantic_weights"))
+                 "grid_height", "progress", "refine", "radius", "eps", "semantic_weights",
+                 "temperature"))
 
 
 def _sr(fv: flags.FlagValues):

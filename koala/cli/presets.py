@@ -48,6 +48,17 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("notes", "", "add: anything else a user should know.", flag_values=fv)
     flags.DEFINE_bool("recommended", False, "add: the family's (and scale's) default.",
                       flag_values=fv)
+    flags.DEFINE_string("embedder_weights", None, "add, colorize: the embedder weights file "
+                        "the model needs, shipped beside it (copied once, shared by the "
+                        "presets that use the same file) so the preset runs offline.",
+                        flag_values=fv)
+    flags.DEFINE_string("embedder_license", None, "add, colorize: the licence and origin of "
+                        "--embedder_weights, recorded with it.", flag_values=fv)
+    flags.DEFINE_float("saturation", None, "add, colorize: the default saturation, picked "
+                       "on held-out photos.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_float("temperature", None, "add, colorize (classification head): the "
+                       "default annealed-mean temperature, picked on held-out photos.",
+                       flag_values=fv)
 
 
 def hardware() -> str:
@@ -119,6 +130,20 @@ def add(fv, name: str) -> int:
     file = f"{name}.keras"
     target = presets.DIR / file
     atomic_write(target, lambda tmp: shutil.copyfile(fv["from"].value, tmp), fsync=True)
+    extra = {}
+    if fv.embedder_weights:
+        weights = presets.DIR / os.path.basename(fv.embedder_weights)
+        if not weights.is_file() or presets.sha256(weights) != presets.sha256(
+                fv.embedder_weights):
+            atomic_write(weights, lambda tmp: shutil.copyfile(fv.embedder_weights, tmp),
+                         fsync=True)
+        extra["embedder_weights"] = {"file": weights.name, "size": weights.stat().st_size,
+                                     "sha256": presets.sha256(weights),
+                                     "license": fv.embedder_license or ""}
+    decoding = {k: fv[k].value for k in ("saturation", "temperature")
+                if fv[k].value is not None}
+    if decoding:
+        extra["decoding"] = decoding
     with open(fv.flagfile_used, encoding="utf-8") as f:
         flagfile_text = f.read()
     entry = presets.Preset(
@@ -142,6 +167,7 @@ def add(fv, name: str) -> int:
                 "model": report["mean"][method], "baseline_name": baseline,
                 "baseline": report["mean"][baseline],
             },
+            **extra,
             "notes": fv.notes,
         })
     index = presets.index(presets.INDEX)

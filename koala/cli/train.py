@@ -22,7 +22,7 @@ from absl import flags
 from koala.cli import common
 from koala.core.run_config import DISTRIBUTE, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, RunConfig
 from koala.tasks.codec.config import LOSS_PRESETS, QUANT_UNITS, CodecTrainConfig
-from koala.tasks.colorize.config import HEADS, PERCEPTUAL_NETS, ColorizeTrainConfig
+from koala.tasks.colorize.config import CROPS_FROM, HEADS, PERCEPTUAL_NETS, ColorizeTrainConfig
 from koala.tasks.sr.config import SR_CHANNELS, SRTrainConfig
 
 _FAMILY_CONFIGS = (ColorizeTrainConfig, SRTrainConfig, CodecTrainConfig)
@@ -108,6 +108,15 @@ def define_flags(fv: flags.FlagValues) -> None:
     d(i, "perceptual_size", "Codec and ColorGAN: images are resized to this square for the "
       "perceptual network (codec authors' code: 224, the default); 0 = no resize.",
       lower_bound=0)
+    d(e, "crops_from", list(CROPS_FROM), "Colorize (fusion, Lal): training crops from the "
+      "stored L/ab squares (records, the default; the paper) or from the stored "
+      "full-resolution photo (rgb: random squares of random size; needs --groups=rgb in the "
+      "records). Validation then takes the whole padded image, as inference does.")
+    d(f, "min_crop_fraction", "Colorize, --crops_from=rgb: smallest square side as a share "
+      "of the photo's short side (default 0.4).", lower_bound=0.01, upper_bound=1.0)
+    d(f, "whole_image_fraction", "Colorize, --crops_from=rgb: share of training examples "
+      "that are the whole padded image instead of a crop (default 0.25).", lower_bound=0.0,
+      upper_bound=1.0)
     # SRTrainConfig
     d(e, "scale", ["2", "3", "4"], "SR: upscaling factor (default 3).")
     d(i, "patch_size", "SR: high-res patch side (SRCNN: 33, the default).", lower_bound=2)

@@ -95,18 +95,84 @@ def augment_color(example: dict, *, crop_size: int | None, training: bool,
     return {"l": stack[..., :1], "ab": stack[..., 1:], "embedding": example["embedding"]}
 
 
+CROPS_FROM = ("records", "rgb")
+
+
+def rgb_crop_to_lab(rgb: tf.Tensor, *, crop_size: int, min_fraction: float,
+                    seed: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """A random square of the full-resolution photo as the colorizer's input and target.
+
+    The square's side is ``f`` times the photo's short side, ``f`` uniform in
+    ``[min_fraction, 1]``, at a uniformly random place; it is resized (area-weighted when
+    shrinking) to ``crop_size`` and randomly flipped. Returns normalised L (S, S, 1) and
+    ab (S, S, 2) in [-1, 1].
+    """
+    shape = tf.shape(rgb)
+    short = tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
+    fraction = tf.random.uniform([], min_fraction, 1.0, seed=_op_seed(seed, 40))
+    side = tf.maximum(1, tf.cast(tf.round(fraction * short), tf.int32))
+    side = tf.minimum(side, tf.minimum(shape[0], shape[1]))
+    crop = tf.image.random_crop(rgb, tf.stack([side, side, 3]), seed=_op_seed(seed, 41))
+    crop = tf.image.resize(crop, [crop_size, crop_size], "bilinear", antialias=True)
+    crop = tf.image.random_flip_left_right(tf.clip_by_value(crop, 0.0, 1.0),
+                                           seed=_op_seed(seed, 42))
+    lab = color.srgb_to_lab(crop)
+    return color.normalize_l(lab[..., :1]), color.normalize_ab(lab[..., 1:])
+
+
+def _whole_image(example: dict, crop_size: int | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """The record's whole (padded) image, resized to ``crop_size``: what inference feeds the
+    network (the photo fitted into its square)."""
+    stack = tf.concat([example["l"], example["ab"]], axis=-1)
+    if crop_size:
+        stack = tf.image.resize(stack, [crop_size, crop_size], "bilinear", antialias=True)
+    return stack[..., :1], stack[..., 1:]
+
+
 def colorization_dataset(source, *, split="train", batch_size=32, training=True,
                          crop_size=None, shuffle_buffer=1024, seed=None, verify=True,
-                         drop_remainder=False, repeat=False) -> tf.data.Dataset:
-    """Fusion-colorizer batches: ``({"l", "embedding"}, ab)``, all float32 in [-1, 1]."""
-    ds, recs = _read(source, split, groups=("color",), training=training,
+                         drop_remainder=False, repeat=False, crops_from="records",
+                         min_crop_fraction=0.4, whole_image_fraction=0.25) -> tf.data.Dataset:
+    """Fusion-colorizer batches: ``({"l", "embedding"}, ab)``, all float32 in [-1, 1].
+
+    ``crops_from="records"`` (the paper's data): random (training) or centre crops of the
+    stored ``image_size`` L/ab squares. ``crops_from="rgb"`` (needs the ``rgb`` group too):
+    training draws random squares of random size from the stored full-resolution photo
+    (:func:`rgb_crop_to_lab`), except for a ``whole_image_fraction`` share of the examples,
+    which are the record's whole padded image resized to ``crop_size``; evaluation always
+    takes the whole image, as inference sees it. The embedding is the whole image's in every
+    case (the records store one per photo).
+    """
+    if crops_from not in CROPS_FROM:
+        raise ValueError(f"crops_from must be one of {CROPS_FROM}, got {crops_from!r}")
+    if crops_from == "rgb" and not crop_size:
+        raise ValueError("crops_from='rgb' needs a crop_size (the network's square)")
+    groups = ("color", "rgb") if crops_from == "rgb" and training else ("color",)
+    ds, recs = _read(source, split, groups=groups, training=training,
                      shuffle_buffer=shuffle_buffer, seed=seed, verify=verify)
     dim = recs.embedding_dim
     size = crop_size or (recs.manifest or {}).get("image_size")  # static shape when known
 
+    def from_rgb(parsed):
+        ex = decode_color_example(parsed, embedding_dim=dim)
+        if not training:
+            l, ab = _whole_image(ex, crop_size)
+        else:
+            whole = tf.random.uniform([], seed=_op_seed(seed, 43)) < whole_image_fraction
+            l, ab = tf.cond(
+                whole,
+                lambda: _whole_image(augment_color(ex, crop_size=None, training=True,
+                                                   seed=seed), crop_size),
+                lambda: rgb_crop_to_lab(decode_rgb_example(parsed), crop_size=crop_size,
+                                        min_fraction=min_crop_fraction, seed=seed))
+        return {"l": l, "ab": ab, "embedding": ex["embedding"]}
+
     def to_example(parsed):
-        ex = augment_color(decode_color_example(parsed, embedding_dim=dim),
-                           crop_size=crop_size, training=training, seed=seed)
+        if crops_from == "rgb":
+            ex = from_rgb(parsed)
+        else:
+            ex = augment_color(decode_color_example(parsed, embedding_dim=dim),
+                               crop_size=crop_size, training=training, seed=seed)
         l = tf.ensure_shape(ex["l"], [size, size, 1])
         ab = tf.ensure_shape(ex["ab"], [size, size, 2])
         return {"l": l, "embedding": ex["embedding"]}, ab

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from koala.core.errors import KoalaError
 
-__all__ = ["DIR", "INDEX", "Preset", "PresetError", "default", "find", "index", "is_name",
-           "load", "resolve", "sha256"]
+__all__ = ["DIR", "INDEX", "Preset", "PresetError", "decoding", "default", "embedder_weights",
+           "find", "index", "is_name", "load", "resolve", "sha256"]
 
 DIR = Path(__file__).resolve().parent
 INDEX = DIR / "presets.json"
@@ -121,21 +121,50 @@ def _unknown(name, family, presets) -> PresetError:
                        f" (or give the path of a .keras file)")
 
 
+def _verify_file(name: str, path: Path, size: int, digest: str) -> Path:
+    if not path.is_file():
+        raise PresetError(f"preset {name}: its file {path} is missing (reinstall koala "
+                          f"or restore it with git checkout)")
+    actual = path.stat().st_size
+    if actual != size:
+        raise PresetError(f"preset {name}: {path} is {actual} bytes, expected "
+                          f"{size} (truncated or replaced)")
+    got = sha256(path)
+    if got != digest:
+        raise PresetError(f"preset {name}: {path} fails its sha256 check (altered or "
+                          f"damaged: {got[:12]}... instead of {digest[:12]}...)")
+    return path
+
+
 def verify(preset: Preset, directory: Path = DIR) -> Path:
     """The preset's file, after checking it exists and matches its size and sha256."""
-    path = preset.path(directory)
-    if not path.is_file():
-        raise PresetError(f"preset {preset.name}: its file {path} is missing (reinstall koala "
-                          f"or restore it with git checkout)")
-    size = path.stat().st_size
-    if size != preset.size:
-        raise PresetError(f"preset {preset.name}: {path} is {size} bytes, expected "
-                          f"{preset.size} (truncated or replaced)")
-    digest = sha256(path)
-    if digest != preset.sha256:
-        raise PresetError(f"preset {preset.name}: {path} fails its sha256 check (altered or "
-                          f"damaged: {digest[:12]}... instead of {preset.sha256[:12]}...)")
-    return path
+    return _verify_file(preset.name, preset.path(directory), preset.size, preset.sha256)
+
+
+def _named(name_or_path, index_path) -> Preset | None:
+    if not is_name(name_or_path):
+        return None
+    return find(os.fspath(name_or_path), index_path=index_path)
+
+
+def embedder_weights(name_or_path, *, index_path=INDEX) -> str | None:
+    """The embedder weights file shipped with a colorize preset (``embedder_weights`` in its
+    entry: file, size, sha256, checked here), so the preset runs offline on a fresh copy;
+    None for a path or a preset that ships none (the model's recorded weights apply)."""
+    index_path = Path(index_path)
+    preset = _named(name_or_path, index_path)
+    entry = (preset.info.get("embedder_weights") if preset else None) or None
+    if entry is None:
+        return None
+    path = index_path.parent / entry["file"]
+    return os.fspath(_verify_file(preset.name, path, entry["size"], entry["sha256"]))
+
+
+def decoding(name_or_path, *, index_path=INDEX) -> dict:
+    """A colorize preset's default decoding (``{"saturation": s, "temperature": t}``, picked
+    on held-out photos and recorded when it was added); {} for a path or a preset without."""
+    preset = _named(name_or_path, Path(index_path))
+    return dict(preset.info.get("decoding") or {}) if preset else {}
 
 
 def resolve(name_or_path, *, family: str | None = None, index_path=INDEX) -> str:

@@ -37,6 +37,8 @@ ANNEAL_TEMPERATURE = 0.38
 REBALANCE_LAMBDA = 0.5
 """Zhang et al.'s class-rebalancing λ (SPEC §5)."""
 PERCEPTUAL_NETS = ("vgg19", "mobilenet")
+CROPS_FROM = ("records", "rgb")
+"""Where fusion training crops come from (koala.data.pipelines.colorization_dataset)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,12 @@ class ColorizeTrainConfig:
     perceptual_net, perceptual_weights, perceptual_size:
                       ColorGAN's perceptual terms: the network, its weights (imagenet, none or
                       a file) and the square images are resized to (0: no resize).
+    crops_from:       fusion and Lal et al.: "records" (the stored L/ab squares, the paper)
+                      or "rgb" (random squares of random size from the stored photo, plus
+                      the whole padded image for ``whole_image_fraction`` of the examples).
+    min_crop_fraction, whole_image_fraction:
+                      crops_from="rgb": the smallest square side as a share of the photo's
+                      short side; the share of examples that are the whole image.
     """
 
     batch_norm: bool = True
@@ -64,6 +72,9 @@ class ColorizeTrainConfig:
     perceptual_net: str = "vgg19"
     perceptual_weights: str = "imagenet"
     perceptual_size: int = 224
+    crops_from: str = "records"
+    min_crop_fraction: float = 0.4
+    whole_image_fraction: float = 0.25
 
     def __post_init__(self):
         checks = [
@@ -74,6 +85,9 @@ class ColorizeTrainConfig:
             (self.perceptual_net in PERCEPTUAL_NETS,
              f"perceptual_net must be one of {PERCEPTUAL_NETS}"),
             (self.perceptual_size >= 0, "perceptual_size must be >= 0"),
+            (self.crops_from in CROPS_FROM, f"crops_from must be one of {CROPS_FROM}"),
+            (0 < self.min_crop_fraction <= 1, "min_crop_fraction must be in (0, 1]"),
+            (0 <= self.whole_image_fraction <= 1, "whole_image_fraction must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

@@ -105,7 +105,10 @@ class ColorizeEvalConfig:
                       or one image file.
     output_dir:       where metrics.json, metrics.md and grid.png go (created if needed).
     max_images:       stop after this many evaluated images (None: all of them).
-    saturation:       the chroma factor the colorizers apply (SPEC §1: the report's 1.2).
+    saturation:       the chroma factor the colorizers apply; None: each model's default (a
+                      preset's recorded decoding, else SPEC §1's 1.2).
+    temperature:      the annealed-mean temperature of the classification-head models (the
+                      others ignore it); None: each model's own (a preset's recorded one).
     embedder_weights: overrides the embedder weights recorded in the models (None: keep).
     grid_height:      height in pixels of every cell of grid.png.
     progress:         show a progress bar over the images on stderr.
@@ -120,8 +123,9 @@ class ColorizeEvalConfig:
     images: str
     output_dir: str = os.path.join("runs", "eval", "colorize")
     max_images: int | None = None
-    saturation: float = DEFAULT_SATURATION
+    saturation: float | None = None
     embedder_weights: str | None = None
+    temperature: float | None = None
     grid_height: int = 160
     progress: bool = True
     refine: tuple[str, ...] = ("none",)
@@ -138,8 +142,10 @@ class ColorizeEvalConfig:
                              f"got {self.refine}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
-        if not self.saturation >= 0:
+        if self.saturation is not None and not self.saturation >= 0:
             raise ValueError(f"saturation must be >= 0, got {self.saturation}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.grid_height < 1:
             raise ValueError(f"grid_height must be >= 1, got {self.grid_height}")
 
@@ -167,7 +173,7 @@ def colorize_report(
     colorizers: dict[str, SupportsColorize],
     image_paths: Iterable[str | os.PathLike],
     *,
-    saturation: float = DEFAULT_SATURATION,
+    saturation: float | None = DEFAULT_SATURATION,
     root: str | os.PathLike | None = None,
     max_images: int | None = None,
     progress: bool = False,
@@ -186,7 +192,7 @@ def colorize_report(
         anything with its ``colorize(image, *, saturation)``); names must not be ``gray``,
         ``truth`` or a per-image key (see :func:`model_names`).
       image_paths: image files, evaluated in this order.
-      saturation: passed to every ``colorize`` call.
+      saturation: passed to every ``colorize`` call (None: each model's own default).
       root: image names in the report are relative to it (default: the paths as given).
       max_images: stop after this many evaluated (not skipped) images.
       progress: show a progress bar on stderr.
@@ -242,7 +248,7 @@ def colorize_report(
         "task": "colorize",
         "images": len(per_image),
         "methods": methods,
-        "saturation": float(saturation),
+        "saturation": None if saturation is None else float(saturation),
         "metric_variants": {**METRIC_VARIANTS,
                             **(SEMANTIC_VARIANTS if classifier is not None else {})},
         "per_image": per_image,
@@ -257,7 +263,7 @@ def colorize_markdown(report: dict) -> str:
     lines = [
         "# Colorization: models against the gray baseline",
         "",
-        f"{report['images']} images, saturation {report['saturation']:g}; "
+        f"{report['images']} images, saturation {_saturation_text(report)}; "
         f"{len(report['skipped'])} skipped.",
         "",
         *fmt.model_lines(report, GRAY, report["metric_variants"]),
@@ -272,6 +278,13 @@ def colorize_markdown(report: dict) -> str:
     return fmt.document(lines, report, report["metric_variants"])
 
 
+def _saturation_text(report: dict) -> str:
+    if report["saturation"] is not None:
+        return f"{report['saturation']:g}"
+    per_model = report.get("saturations") or {}
+    return "per model (" + ", ".join(f"{k} {v:g}" for k, v in per_model.items()) + ")"
+
+
 @dataclasses.dataclass(frozen=True)
 class _Refined:
     """A colorizer whose outputs go through one chroma refinement (a report row)."""
@@ -281,8 +294,9 @@ class _Refined:
     radius: int
     eps: float
 
-    def colorize(self, image, *, saturation):
-        return self.colorizer.colorize(image, saturation=saturation, refine=self.refine,
+    def colorize(self, image, *, saturation=None):
+        # The model's own saturation (set when it was loaded): several models may differ.
+        return self.colorizer.colorize(image, refine=self.refine,
                                        radius=self.radius, eps=self.eps)
 
 
@@ -301,10 +315,19 @@ def run(config: ColorizeEvalConfig) -> dict:
     names = model_names(config.models)
     height = config.grid_height
 
+    decodings = {}  # name -> the saturation and temperature each model is scored with
+
     def load() -> dict[str, _Refined]:
         colorizers = {}
         for name, path in zip(names, config.models, strict=True):
-            colorizer = Colorizer.load(path, embedder_weights=config.embedder_weights)
+            colorizer = Colorizer.load(path, embedder_weights=config.embedder_weights,
+                                       saturation=config.saturation)
+            if config.temperature is not None and colorizer.temperature is not None:
+                colorizer = Colorizer(colorizer.model, colorizer.embedder,
+                                      saturation=colorizer.saturation,
+                                      temperature=config.temperature)
+            decodings[name] = {"saturation": colorizer.saturation,
+                               "temperature": colorizer.temperature}
             for refine in config.refine:
                 key = name if refine == "none" else f"{name}+{refine}"
                 colorizers[key] = _Refined(colorizer, refine, config.radius, config.eps)
@@ -317,9 +340,15 @@ def run(config: ColorizeEvalConfig) -> dict:
         classifier = Classifier("mobilenet", config.semantic_weights)
 
     def report(colorizers, paths, *, root, on_image):
-        return colorize_report(colorizers, paths, saturation=config.saturation, root=root,
-                               max_images=config.max_images, progress=config.progress,
-                               on_image=on_image, classifier=classifier)
+        shared = {d["saturation"] for d in decodings.values()}
+        rep = colorize_report(colorizers, paths, root=root,
+                              saturation=shared.pop() if len(shared) == 1 else None,
+                              max_images=config.max_images, progress=config.progress,
+                              on_image=on_image, classifier=classifier)
+        rep["saturations"] = {n: d["saturation"] for n, d in decodings.items()}
+        rep["temperatures"] = {n: d["temperature"] for n, d in decodings.items()
+                               if d["temperature"] is not None}
+        return rep
 
     guided = {"radius": config.radius, "eps": config.eps} if "guided" in config.refine else {}
     return evaluation.evaluate(

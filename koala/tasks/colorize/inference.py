@@ -149,6 +149,10 @@ class Colorizer:
         ``model.config`` (name, weights, fit), built once per process and shared.
       embedder_weights: with ``embedder=None``, weights that replace the recorded ones
         (``"imagenet"``, ``"none"`` or a local file), e.g. where the recorded file is elsewhere.
+      saturation: the default factor on the predicted a*b* of :meth:`colorize` (None: SPEC §1's
+        1.2; a preset records its own, picked on held-out photos).
+      temperature: the annealed-mean temperature of a classification head (Zhang et al.;
+        None: the model's own); an error for a model without one.
 
     Raises:
       KoalaError: ``model`` is not a fusion colorizer, or the embedder's output size is not the
@@ -157,7 +161,8 @@ class Colorizer:
     """
 
     def __init__(self, model, embedder: Embedder | None = None, *,
-                 embedder_weights: str | None = None):
+                 embedder_weights: str | None = None, saturation: float | None = None,
+                 temperature: float | None = None):
         config = getattr(model, "config", None)
         if not isinstance(config, (FusionConfig, ColorGANConfig)):
             raise KoalaError(
@@ -166,6 +171,10 @@ class Colorizer:
             )
         self.model = model
         self.config = config
+        self.saturation = DEFAULT_SATURATION if saturation is None else float(saturation)
+        _check_saturation(self.saturation)
+        if temperature is not None:
+            _set_temperature(model, temperature)
         self.image_size = size = config.image_size
         self.is_gan = isinstance(config, ColorGANConfig)
         if self.is_gan:  # L only: no embedder; noise from a seed (see _network_ab)
@@ -189,20 +198,38 @@ class Colorizer:
                              tf.TensorSpec([None, dim], tf.float32)],
         )
 
+    @property
+    def temperature(self) -> float | None:
+        """The classification head's annealed-mean temperature; None for other models."""
+        layers = _annealed_means(self.model)
+        return layers[0].temperature if layers else None
+
     def _call_model(self, l, embedding):
         return self.model({"l": l, "embedding": embedding}, training=False)
 
     @classmethod
-    def load(cls, path, *, embedder_weights: str | None = None) -> Colorizer:
-        """A colorizer from a saved ``.keras`` fusion model and the embedder it records.
+    def load(cls, path, *, embedder_weights: str | None = None, saturation: float | None = None,
+             temperature: float | None = None) -> Colorizer:
+        """A colorizer from a saved ``.keras`` colorizer or a preset name, and the embedder
+        it records. A preset brings its own embedder weights file and default decoding
+        (:func:`koala.presets.embedder_weights`, :func:`koala.presets.decoding`); the
+        arguments, when given, win.
 
         Raises:
           KoalaError: the file is missing, is not a loadable Keras model, or is not a koala
             fusion colorizer; WeightsError when the embedder's weights can't be loaded.
         """
+        from koala import presets
+
         model = models.load(path, (fusion.FusionColorizer, colorgan.ColorGAN, lal.LalColorizer),
                             "a koala colorizer (fusion, Lal et al. or ColorGAN)")
-        return cls(model, embedder_weights=embedder_weights)
+        decoding = presets.decoding(path)
+        if saturation is None:
+            saturation = decoding.get("saturation")
+        if temperature is None and _has_temperature(model):
+            temperature = decoding.get("temperature")
+        return cls(model, embedder_weights=embedder_weights or presets.embedder_weights(path),
+                   saturation=saturation, temperature=temperature)
 
     def predict_ab(self, rgb, *, refine: str = "none", radius: int = DEFAULT_RADIUS,
                    eps: float = DEFAULT_EPS) -> np.ndarray:
@@ -256,7 +283,7 @@ class Colorizer:
         return out
 
     def colorize_samples(self, image, samples: int, seed: int, *,
-                         saturation: float = DEFAULT_SATURATION, refine: str = "none",
+                         saturation: float | None = None, refine: str = "none",
                          radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS
                          ) -> list[np.ndarray]:
         """``samples`` different colourings of one image from a ColorGAN (its noise map gives
@@ -269,20 +296,22 @@ class Colorizer:
         if not self.is_gan:
             raise KoalaError(f"{type(self.model).__name__} is deterministic: only a ColorGAN "
                              f"draws several colourings (samples={samples})")
+        saturation = self.saturation if saturation is None else saturation
         _check_saturation(saturation)
         rgb = _as_rgb(image)
         lightness = _lightness(rgb)
         return [_lab_to_uint8(lightness, tf.constant(ab) * saturation)
                 for ab in self._predict(rgb, refine, radius, eps, samples, seed)]
 
-    def colorize(self, image, *, saturation: float = DEFAULT_SATURATION, refine: str = "none",
+    def colorize(self, image, *, saturation: float | None = None, refine: str = "none",
                  radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS) -> np.ndarray:
         """Colorizes one image at its own resolution.
 
         Args:
           image: uint8 (H, W, 3) or (H, W) array, or a LoadedImage; colour images are used
             through their lightness L* only (as if desaturated).
-          saturation: factor on the predicted a*b* (>= 0; 0 gives :func:`gray_baseline`).
+          saturation: factor on the predicted a*b* (>= 0; 0 gives :func:`gray_baseline`;
+            None: this colorizer's default, :attr:`saturation`).
           refine: "none" or "guided" (SPEC §5), applied to the full-resolution a*b* before
             the saturation factor; see :meth:`predict_ab`.
           radius, eps: the guided filter's radius (full-resolution pixels) and ε.
@@ -290,10 +319,39 @@ class Colorizer:
         Returns:
           uint8 (H, W, 3) sRGB: the input's full-resolution L* with the predicted a*b*.
         """
+        saturation = self.saturation if saturation is None else saturation
         _check_saturation(saturation)
         rgb = _as_rgb(image)
         ab = self.predict_ab(rgb, refine=refine, radius=radius, eps=eps)
         return _lab_to_uint8(_lightness(rgb), tf.constant(ab) * saturation)
+
+
+def _annealed_means(model) -> list:
+    """Every AnnealedMean layer of a model, nested models included."""
+    found, stack = [], list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, fusion.AnnealedMean):
+            found.append(layer)
+        stack.extend(getattr(layer, "layers", []))
+    return found
+
+
+def _has_temperature(model) -> bool:
+    return bool(_annealed_means(model))
+
+
+def _set_temperature(model, temperature: float) -> None:
+    """Sets the annealed-mean temperature of a classification head, before the first call
+    traces it (the layer reads it when traced)."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    layers = _annealed_means(model)
+    if not layers:
+        raise KoalaError(f"{model.name} has no classification head: a temperature applies "
+                         f"only to a colorizer that predicts ab bins (--head=classification)")
+    for layer in layers:
+        layer.temperature = float(temperature)
 
 
 def _check_saturation(saturation: float) -> None:
@@ -302,7 +360,7 @@ def _check_saturation(saturation: float) -> None:
 
 
 def colorize(model, image, *, embedder: Embedder | None = None,
-             saturation: float = DEFAULT_SATURATION, refine: str = "none",
+             saturation: float | None = None, refine: str = "none",
              radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS) -> np.ndarray:
     """Function form of :meth:`Colorizer.colorize`.
 

@@ -122,7 +122,9 @@ class ColorizeTask(TaskBase):
             model.compile(optimizer=optimizer, loss=loss, jit_compile=run.jit_compile)
 
     def datasets(self, model, run, cfg, train_source, val_source, val_split, val_batch):
-        kw = dict(crop_size=run.crop_size, verify=run.verify_records)
+        kw = dict(crop_size=run.crop_size, verify=run.verify_records,
+                  crops_from=cfg.crops_from, min_crop_fraction=cfg.min_crop_fraction,
+                  whole_image_fraction=cfg.whole_image_fraction)
         split_batches = run.distribute != "none"
         train = pipelines.colorization_dataset(
             train_source, split="train", training=True, shuffle_buffer=run.shuffle_buffer,

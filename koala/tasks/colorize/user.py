@@ -34,7 +34,6 @@ from koala.tasks.colorize.config import (
     DEFAULT_HINT_REACH,
     DEFAULT_HINT_THRESHOLD,
     DEFAULT_REFERENCE_SAMPLES,
-    DEFAULT_SATURATION,
 )
 from koala.tasks.colorize.inference import (
     Colorizer,
@@ -121,7 +120,7 @@ def colorize_with_hints(gray, hints, model=None, *, threshold: float = DEFAULT_H
         exactly; 0 = no limit.
       name: the hints' name in errors.
       model_options: passed to the model's ``predict_ab`` (``refine``, ``radius``, ``eps``)
-        and ``saturation`` (the factor on the model's a*b*, default 1.2).
+        and ``saturation`` (the factor on the model's a*b*; default: the colorizer's own).
 
     Returns:
       uint8 (H, W, 3) sRGB.
@@ -143,7 +142,8 @@ def colorize_with_hints(gray, hints, model=None, *, threshold: float = DEFAULT_H
         raise ValueError(f"reach must be >= 0, got {reach}")
     colorizer = model if isinstance(model, Colorizer) else (
         Colorizer.load(model) if isinstance(model, str) else Colorizer(model))
-    saturation = model_options.pop("saturation", DEFAULT_SATURATION)
+    saturation = model_options.pop("saturation", None)
+    saturation = colorizer.saturation if saturation is None else saturation
     ab = colorizer.predict_ab(rgb, **model_options).astype(np.float64) * saturation
     hint_ab = color.srgb_to_lab(tf.constant(marks, tf.float32) / 255.0)[..., 1:].numpy()
     fixed, delta = mask, np.where(mask[..., None], hint_ab - ab, 0.0)
