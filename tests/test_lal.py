@@ -1,6 +1,6 @@
 """Lal et al.'s adversarial colorization with classification (koala.tasks.colorize.models.lal):
 sizes, the colorize tool, the shared model checks (config and .keras round trips, each
-player's gradients, bfloat16), training, and the unbuilt semantic loss."""
+player's gradients, bfloat16), training, and the semantic classification term."""
 
 import json
 import os
@@ -91,11 +91,53 @@ def test_config_checks():
     assert small(head="classification").config.head == "classification"
 
 
-def test_semantic_weight_is_not_implemented():
-    with pytest.raises(NotImplementedError, match="class head.*semantic_weight=0"):
-        small(semantic_weight=0.5)
-    with pytest.raises(NotImplementedError, match="L_cl"):
-        L.LalConfig(semantic_weight=1.0)
+def test_semantic_cross_entropy_on_hand_made_targets():
+    # Uniform logits over 4 classes: the cross-entropy of any distribution is log 4.
+    zeros = tf.zeros((2, 4))
+    onehot = tf.constant([[1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+    assert float(L.semantic_cross_entropy(zeros, onehot)) == pytest.approx(np.log(4), 1e-6)
+    # Logits log([0.5, 0.25, 0.125, 0.125]); targets (0.5, 0.5, 0, 0) and, unnormalised,
+    # 2 x (0, 0, 0, 1): -(0.5 log 0.5 + 0.5 log 0.25) and -log 0.125, averaged.
+    q = np.array([0.5, 0.25, 0.125, 0.125], np.float32)
+    logits = tf.constant(np.log([q, q]))
+    soft = tf.constant([[0.5, 0.5, 0, 0], [0, 0, 0, 2.0]])
+    want = (-(0.5 * np.log(0.5) + 0.5 * np.log(0.25)) - np.log(0.125)) / 2
+    assert float(L.semantic_cross_entropy(logits, soft)) == pytest.approx(want, 1e-5)
+    labels = tf.constant([[0], [3]])  # (B, 1) int, as the records' label field
+    want = (-np.log(0.5) - np.log(0.125)) / 2
+    assert float(L.semantic_cross_entropy(logits, labels, "labels")) == pytest.approx(want, 1e-5)
+
+
+def test_the_semantic_head_sits_on_the_generators_last_features(tmp_path):
+    with pytest.raises(ValueError, match="class_targets"):
+        L.LalConfig(semantic_weight=1.0, class_targets="captions")
+    with pytest.raises(ValueError, match="num_classes"):
+        L.LalConfig(semantic_weight=1.0, class_targets="labels")
+    assert small().class_head is None  # λ2 = 0: the model earlier versions saved
+    model = small(semantic_weight=0.5)
+    head = model.class_head
+    assert head.layers[-1].units == EMBED  # K = the embedding's classes
+    # Its input is the decoder's last conv (the layer before the bin logits).
+    probs, ab, features = model.generator.classify_features(batch()[0])
+    assert features.shape[1:] == (SIZE // 2, SIZE // 2, model.config.filters(32))
+    assert model.generator.get_layer("dec_logits").input.shape[1:] == features.shape[1:]
+    model.compile()
+    history = model.fit(dataset(), epochs=1, verbose=0)
+    assert np.isfinite(history.history["semantic_ce"][0])
+    assert history.history["semantic_ce"][0] > 0
+    # λ2 adds the term to the generator's loss: loss = class_ce + λ2 semantic_ce + λ3 g_adv.
+    x, ab = batch()
+    terms, loss = model.generator_terms(x, tf.constant(ab), training=False)
+    want = (terms["class_ce"] + 0.5 * terms["semantic_ce"] + 0.1 * terms["g_adv"])
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    # The head trains with the generator and is saved with it.
+    assert all(any(v is w for w in model.generator_variables) for v in head.trainable_variables)
+    path = tmp_path / "lal.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.lal_config.semantic_weight == 0.5
+    for a, b in zip(head.get_weights(), loaded.class_head.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # --- the colorize tool -----------------------------------------------------------------------

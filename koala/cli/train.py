@@ -22,7 +22,13 @@ from absl import flags
 from koala.cli import common
 from koala.core.run_config import DISTRIBUTE, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, RunConfig
 from koala.tasks.codec.config import LOSS_PRESETS, QUANT_UNITS, CodecTrainConfig
-from koala.tasks.colorize.config import CROPS_FROM, HEADS, PERCEPTUAL_NETS, ColorizeTrainConfig
+from koala.tasks.colorize.config import (
+    CLASS_TARGETS,
+    CROPS_FROM,
+    HEADS,
+    PERCEPTUAL_NETS,
+    ColorizeTrainConfig,
+)
 from koala.tasks.sr.config import SR_CHANNELS, SRTrainConfig
 
 _FAMILY_CONFIGS = (ColorizeTrainConfig, SRTrainConfig, CodecTrainConfig)
@@ -117,6 +123,11 @@ def define_flags(fv: flags.FlagValues) -> None:
     d(f, "whole_image_fraction", "Colorize, --crops_from=rgb: share of training examples "
       "that are the whole padded image instead of a crop (default 0.25).", lower_bound=0.0,
       upper_bound=1.0)
+    d(f, "semantic_weight", "Colorize, lal: λ2 of Lal et al.'s semantic classification term, a "
+      "class head on the generator's last feature layer (default 0: none).", lower_bound=0.0)
+    d(e, "class_targets", list(CLASS_TARGETS), "Colorize, lal with --semantic_weight > 0: the "
+      "class targets: embedding (default; the records' embedder softmax as soft targets, "
+      "distillation from the embedder) or labels (records built with --labels_from=dirname).")
     # SRTrainConfig
     d(e, "scale", ["2", "3", "4"], "SR: upscaling factor (default 3).")
     d(i, "patch_size", "SR: high-res patch side (SRCNN: 33, the default).", lower_bound=2)

@@ -38,6 +38,8 @@ REBALANCE_LAMBDA = 0.5
 """Zhang et al.'s class-rebalancing λ (SPEC §5)."""
 PERCEPTUAL_NETS = ("vgg19", "mobilenet")
 CROPS_FROM = ("records", "rgb")
+CLASS_TARGETS = ("embedding", "labels")
+"""Lal et al.'s semantic term: the records' embedder softmax or integer labels (models/lal)."""
 """Where fusion training crops come from (koala.data.pipelines.colorization_dataset)."""
 
 
@@ -58,6 +60,9 @@ class ColorizeTrainConfig:
     crops_from:       fusion and Lal et al.: "records" (the stored L/ab squares, the paper)
                       or "rgb" (random squares of random size from the stored photo, plus
                       the whole padded image for ``whole_image_fraction`` of the examples).
+    semantic_weight:  Lal et al.: λ2 of the semantic classification term (0: none).
+    class_targets:    Lal et al., λ2 > 0: "embedding" (the records' embedder softmax as soft
+                      targets, distillation) or "labels" (the records' class labels).
     min_crop_fraction, whole_image_fraction:
                       crops_from="rgb": the smallest square side as a share of the photo's
                       short side; the share of examples that are the whole image.
@@ -75,6 +80,8 @@ class ColorizeTrainConfig:
     crops_from: str = "records"
     min_crop_fraction: float = 0.4
     whole_image_fraction: float = 0.25
+    semantic_weight: float = 0.0
+    class_targets: str = "embedding"
 
     def __post_init__(self):
         checks = [
@@ -88,6 +95,9 @@ class ColorizeTrainConfig:
             (self.crops_from in CROPS_FROM, f"crops_from must be one of {CROPS_FROM}"),
             (0 < self.min_crop_fraction <= 1, "min_crop_fraction must be in (0, 1]"),
             (0 <= self.whole_image_fraction <= 1, "whole_image_fraction must be in [0, 1]"),
+            (self.semantic_weight >= 0, "semantic_weight must be >= 0"),
+            (self.class_targets in CLASS_TARGETS,
+             f"class_targets must be one of {CLASS_TARGETS}"),
         ]
         for ok, message in checks:
             if not ok:

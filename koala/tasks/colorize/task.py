@@ -70,6 +70,21 @@ def fusion_kwargs(run, cfg: ColorizeTrainConfig, recs, *, head: str) -> dict:
     return kwargs
 
 
+def semantic_kwargs(run, cfg: ColorizeTrainConfig, recs) -> dict:
+    """Lal et al.'s semantic term: λ2, the targets and, for labels, the records' classes."""
+    if not cfg.semantic_weight:
+        return {}
+    kwargs = {"semantic_weight": cfg.semantic_weight, "class_targets": cfg.class_targets}
+    if cfg.class_targets == "labels":
+        classes = (recs.manifest or {}).get("classes")
+        if not classes:
+            raise KoalaError(f"{run.train_records}: --class_targets=labels needs records "
+                             f"with class labels: rebuild them with build_records "
+                             f"--labels_from=dirname (or use --class_targets=embedding)")
+        kwargs["num_classes"] = len(classes)
+    return kwargs
+
+
 def lab_batch_to_rgb(l_norm, ab_norm) -> np.ndarray:
     """Normalised L (B, H, W, 1) and ab (B, H, W, 2) -> uint8 sRGB (B, H, W, 3)."""
     lab = tf.concat([color.denormalize_l(l_norm), color.denormalize_ab(ab_norm)], axis=-1)
@@ -91,6 +106,9 @@ class ColorizeTask(TaskBase):
     config_class = ColorizeTrainConfig
 
     def build_model(self, entry: ModelEntry, run, cfg: ColorizeTrainConfig, records):
+        if cfg.semantic_weight and entry.variant != "lal":
+            raise KoalaError(f"--semantic_weight is Lal et al.'s term: it applies to "
+                             f"--model=lal, not to {entry.variant}")
         if entry.variant == "colorgan":
             # The square the colorize tool will fit images into: the records' size.
             size = run.crop_size or (records.manifest or {}).get("image_size") or 256
@@ -98,7 +116,8 @@ class ColorizeTask(TaskBase):
                                perceptual_weights=cfg.perceptual_weights,
                                perceptual_size=cfg.perceptual_size, image_size=size)
         if entry.variant == "lal":  # always the classification head
-            return entry.build(**fusion_kwargs(run, cfg, records, head="classification"))
+            return entry.build(**fusion_kwargs(run, cfg, records, head="classification"),
+                               **semantic_kwargs(run, cfg, records))
         return entry.build(head=cfg.head, **fusion_kwargs(run, cfg, records, head=cfg.head))
 
     def compile(self, model, run, cfg, optimizer) -> None:

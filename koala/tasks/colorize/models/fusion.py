@@ -377,8 +377,10 @@ def _conv(filters: int, kernel: int, name: str, strides: int = 1, activation="re
 
 
 def _fusion_graph(config: FusionConfig):
-    """The functional graph: returns (inputs dict, ab output, probs or None). See the module
-    docstring; probs (B, S/2, S/2, Q) exists for the classification head only."""
+    """The functional graph: returns (inputs dict, ab output, probs or None, features). See
+    the module docstring; probs (B, S/2, S/2, Q) exists for the classification head only;
+    features (B, S/2, S/2, 32 * scale) is the decoder's last feature layer, the input of
+    the head (Lal et al.'s semantic classifier branches off it)."""
     size, dim = config.image_size, config.embedding_dim
     l_input = keras.Input((size, size, 1), name="l")
     embedding = keras.Input((dim,), name="embedding")
@@ -408,7 +410,7 @@ def _fusion_graph(config: FusionConfig):
             n_conv += 1
             x = _conv(config.filters(item), 3, f"dec_conv{n_conv}")(x)
 
-    probs = None
+    probs, features = None, x
     if config.head == "regression":
         # ab head: linear conv, then tanh and the final upsampling in float32, so the output is
         # float32 in [-1, 1] even under a mixed-precision policy: (B, S/2, S/2, 2).
@@ -426,7 +428,7 @@ def _fusion_graph(config: FusionConfig):
         x = keras.layers.Activation("hard_tanh", dtype="float32", name="ab_clip")(x)
     # The final x2 nearest upsampling, in float32: (B, S/2, S/2, 2) -> (B, S, S, 2).
     ab = keras.layers.UpSampling2D(2, interpolation="nearest", dtype="float32", name="ab")(x)
-    return {"l": l_input, "embedding": embedding}, ab, probs
+    return {"l": l_input, "embedding": embedding}, ab, probs, features
 
 
 @keras.saving.register_keras_serializable(package="koala")
@@ -450,13 +452,13 @@ class FusionColorizer(keras.Model):
     def __init__(self, name="fusion", **config):
         kwargs = {k: config.pop(k) for k in ("trainable", "dtype") if k in config}
         self.config = FusionConfig(**config)
-        inputs, outputs, probs = _fusion_graph(self.config)
+        inputs, outputs, probs, features = _fusion_graph(self.config)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         if self.config.head == "classification":
             # The same layers, to the probabilities too; boxed so that Keras neither tracks
             # nor saves it a second time.
             self._classifier = _Untracked(
-                keras.Model(inputs, [probs, outputs], name=f"{name}_classifier"))
+                keras.Model(inputs, [probs, outputs, features], name=f"{name}_classifier"))
             self._class_trackers = [keras.metrics.Mean(name="loss"),
                                     keras.metrics.Mean(name="ab_mse")]
             weights = self.config.class_weights
@@ -481,8 +483,14 @@ class FusionColorizer(keras.Model):
         ``ab`` is the model's output (the normalised annealed mean of ``probs``)."""
         if self.config.head != "classification":
             raise ValueError(f"{self.name} has a {self.config.head} head, no bin distribution")
-        probs, ab = self._classifier.value(inputs, training=training)
+        probs, ab, _ = self.classify_features(inputs, training=training)
         return probs, ab
+
+    def classify_features(self, inputs, training=False):
+        """:meth:`classify` and the decoder's last feature layer (B, S/2, S/2, C)."""
+        if self.config.head != "classification":
+            raise ValueError(f"{self.name} has a {self.config.head} head, no bin distribution")
+        return tuple(self._classifier.value(inputs, training=training))
 
     def classification_loss(self, probs, ab):
         """:func:`rebalanced_cross_entropy` with this model's bins and class weights."""

@@ -26,9 +26,11 @@ treat it as a fusion model (``model.config`` is the generator's
 
 Objective (SPEC §5: L = λ1·L_co + λ2·L_cl + λ3·L_g), every term a float32 mean::
 
-    G:  loss     = λ1 class_ce + λ3 g_adv              (+ λ2 L_cl: not built, see below)
+    G:  loss     = λ1 class_ce + λ2 semantic_ce + λ3 g_adv
         class_ce = rebalanced cross-entropy of the bin distribution  (L_co; the generator's
                    :meth:`~koala.tasks.colorize.models.fusion.FusionColorizer.classification_loss`)
+        semantic_ce = cross-entropy of the class head's softmax against the image's class
+                   targets (L_cl; only with λ2 > 0, see departure 1)
         g_adv    = -mean critic(l↓, ab↓_fake)                        (L_g, Wasserstein)
     D:  d_loss   = mean critic(l↓, ab↓_fake) - mean critic(l↓, ab↓_real) + λ_gp gp
         gp       = WGAN-GP's penalty (:func:`koala.tasks.colorize.models.wgan.gradient_penalty`)
@@ -44,13 +46,23 @@ Parameter counts (D = 1000): paper size (``lal``, S = 224, BN) generator 6 651 4
 
 Departures and choices (the survey gives no layer sizes, no λ values and no optimizer):
 
-1. **L_cl, the semantic classification loss, is not built** (``semantic_weight`` must stay
-   0; a positive value raises NotImplementedError). Lal et al. feed the generator's last
-   layer to a separate head trained with a softmax cross-entropy over class labels. koala's
-   records have no labels; their "embedding" is the frozen ImageNet classifier's softmax for
-   the image, which could serve as a soft label, but the head would have to branch off the
-   generator's fusion-level features, inside :mod:`koala.tasks.colorize.models.fusion`'s graph,
-   which this model reuses unchanged. The term stays in the config so that a run records λ2 = 0.
+1. **L_cl, the semantic classification term** (``semantic_weight`` λ2 > 0): as the survey
+   describes, a class head on the generator's last feature layer (the decoder's last conv,
+   (B, S/2, S/2, 32·scale), :meth:`FusionColorizer.classify_features
+   <koala.tasks.colorize.models.fusion.FusionColorizer.classify_features>`): global average
+   pooling and one dense layer to K class logits (``class_head``; the survey gives no
+   layers: the smallest head that makes the features carry the class). It trains with the
+   generator. Targets (``class_targets``):
+
+   * ``"embedding"`` (the default, offline): the precomputed embedder softmax every record
+     holds (the "embedding" input, K = its 1000 classes) as soft targets, ``-Σ t log q``.
+     **This is distillation from the frozen ImageNet classifier, a departure**: Lal et al.
+     train on ground-truth class labels, which koala's photos do not have.
+   * ``"labels"``: integer class labels (the "label" input, K = ``num_classes``), sparse
+     softmax cross-entropy, as the paper.
+
+   With λ2 = 0 (the default, :data:`TERMS`) no head is built and the model is the one
+   earlier koala versions saved.
 2. **The critic sees the prediction's grid**, as in Lal et al. (their 64 x 64 x 2 ab
    concatenated with L): (l, ab) are average-pooled x2 to S/2, where the fusion generator
    predicts its distribution (its S-sized output repeats each prediction in a 2 x 2 block,
@@ -94,16 +106,20 @@ from koala.tasks.colorize.models.wgan import critic_network, default_optimizers
 __all__ = [
     "LalColorizer",
     "LalConfig",
+    "CLASS_TARGETS",
     "TERMS",
     "TEST_TERMS",
     "default_optimizers",
     "lal",
     "lal_small",
+    "semantic_cross_entropy",
 ]
 
-# Logged in this order; "loss" is the generator's total loss.
+# Logged in this order; "loss" is the generator's total loss. With semantic_weight > 0,
+# "semantic_ce" follows "class_ce".
 TERMS = ("loss", "class_ce", "g_adv", "d_loss", "gp", "ab_mse")
 TEST_TERMS = ("loss", "class_ce", "g_adv", "ab_mse")
+CLASS_TARGETS = ("embedding", "labels")
 """What ``evaluate`` (and ``val_*``) reports: no critic update, so no d_loss or gp."""
 CRITIC_POOL = 2
 """The fusion generator predicts at S/2: the critic sees (l, ab) pooled by 2 (departure 2)."""
@@ -114,9 +130,12 @@ class LalConfig:
     """The adversarial part of :class:`LalColorizer` (the generator's is a FusionConfig).
 
     colorization_weight: λ1, weight of the class-rebalanced cross-entropy L_co (1).
-    semantic_weight:     λ2, weight of the semantic classification loss L_cl. Must be 0: the
-                         class head is not built (module docstring, departure 1); > 0 raises
-                         NotImplementedError.
+    semantic_weight:     λ2, weight of the semantic classification loss L_cl (0: no class
+                         head; module docstring, departure 1).
+    class_targets:       "embedding" (soft targets: the records' embedder softmax) or
+                         "labels" (integer class labels).
+    num_classes:         K with class_targets="labels" (0: the embedding's size, for
+                         "embedding").
     adversarial_weight:  λ3, weight of the Wasserstein generator loss L_g (0.1; the survey
                          gives no value, departure 5).
     gp_weight:           λ_gp of WGAN-GP (10).
@@ -132,16 +151,40 @@ class LalConfig:
     n_critic: int = 1
     critic_widths: tuple[int, ...] = (64, 128, 256, 512)
     critic_norm: str = "layer"
+    class_targets: str = "embedding"
+    num_classes: int = 0
 
     def __post_init__(self):
         wgan.check_config(self, weights=("colorization_weight", "semantic_weight",
                                           "adversarial_weight"))
-        if self.semantic_weight > 0:
-            raise NotImplementedError(
-                f"semantic_weight={self.semantic_weight}: Lal et al.'s semantic "
-                f"classification loss L_cl needs a class head on the generator's features, "
-                f"which koala does not build (koala.tasks.colorize.models.lal, departure 1); "
-                f"use semantic_weight=0")
+        if self.class_targets not in CLASS_TARGETS:
+            raise ValueError(f"class_targets must be one of {CLASS_TARGETS}, "
+                             f"got {self.class_targets!r}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.semantic_weight > 0 and self.class_targets == "labels" and self.num_classes < 2:
+            raise ValueError("class_targets='labels' needs num_classes >= 2 (the records' "
+                             "class count)")
+
+    @property
+    def semantic(self) -> bool:
+        return self.semantic_weight > 0
+
+
+def semantic_cross_entropy(logits, targets, class_targets: str = "embedding"):
+    """L_cl (departure 1): mean over the batch of the cross-entropy of softmax(logits).
+
+    logits (B, K); targets a distribution (B, K) (``"embedding"``: ``-Σ t log q``, soft
+    targets, renormalised to sum to 1) or integer labels (B,) or (B, 1) (``"labels"``).
+    Returns a float32 scalar.
+    """
+    logits = tf.cast(logits, tf.float32)
+    if class_targets == "labels":
+        labels = tf.reshape(tf.cast(targets, tf.int32), [-1])
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    t = tf.cast(targets, tf.float32)
+    t = t / tf.maximum(tf.reduce_sum(t, axis=-1, keepdims=True), 1e-12)
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(t, logits))
 
 
 def _pool(x):
@@ -176,7 +219,8 @@ class LalColorizer(wgan.WGANGP):
         self.lal_config = LalConfig(**{k: config.pop(k) for k in list(config)
                                        if k in lal_fields})
         generator_config = FusionConfig(head="classification", **config)
-        super().__init__(name=name, terms=TERMS, n_critic=self.lal_config.n_critic,
+        terms = TERMS[:2] + ("semantic_ce",) + TERMS[2:] if self.lal_config.semantic else TERMS
+        super().__init__(name=name, terms=terms, n_critic=self.lal_config.n_critic,
                          gp_weight=self.lal_config.gp_weight, **kwargs)
         self.generator = FusionColorizer(name="generator", **dataclasses.asdict(generator_config))
         # The generator's config (image size, embedder): what koala.tasks.colorize.inference
@@ -184,6 +228,15 @@ class LalColorizer(wgan.WGANGP):
         self.config = self.generator.config
         self.critic = critic_network(self.lal_config.critic_widths, self.lal_config.critic_norm,
                                      name="critic")
+        self.class_head = None
+        if self.lal_config.semantic:  # departure 1
+            k = self.lal_config.num_classes or generator_config.embedding_dim
+            self.class_head = keras.Sequential(
+                [keras.layers.GlobalAveragePooling2D(name="class_pool"),
+                 keras.layers.Dense(k, dtype="float32", name="class_logits")],
+                name="class_head")
+            size = generator_config.image_size // 2
+            self.class_head.build((None, size, size, generator_config.filters(32)))
         self.built = True
 
     # -- inference ---------------------------------------------------------------------
@@ -206,17 +259,34 @@ class LalColorizer(wgan.WGANGP):
     # -- the WGAN-GP terms (wgan.WGANGP) -----------------------------------------------
 
     def unpack(self, data):
-        """fit/evaluate data ``({"l", "embedding"}, ab[, sample_weight])`` -> (inputs, l, ab)."""
+        """fit/evaluate data ``({"l", "embedding"[, "label"]}, ab[, sample_weight])`` ->
+        (inputs, l, ab); "label" is needed with class_targets="labels"."""
         x, ab, _ = keras.utils.unpack_x_y_sample_weight(data)
         if not isinstance(x, dict) or not {"l", "embedding"} <= set(x):
             raise KoalaError("LalColorizer trains on ({'l': ..., 'embedding': ...}, ab) batches")
+        if self.class_head is not None and self.lal_config.class_targets == "labels" \
+                and "label" not in x:
+            raise KoalaError("class_targets='labels' needs a 'label' input: records built "
+                             "with build_records --labels_from=dirname")
         return x, tf.cast(x["l"], tf.float32), tf.cast(ab, tf.float32)
 
     def generator_pass(self, inputs, seed, training):
-        """``(ab (B, S, S, 2), probs (B, S/2, S/2, Q))``; the generator takes no noise, so
-        ``seed`` is unused."""
-        probs, fake = self.classify(inputs, training=training)
-        return fake, probs
+        """``(ab (B, S, S, 2), aux)``; aux is the bin probabilities (B, S/2, S/2, Q), and with
+        the semantic term ``(probs, class logits (B, K), class targets)``. The generator
+        takes no noise, so ``seed`` is unused."""
+        if self.class_head is None:
+            probs, fake = self.classify(inputs, training=training)
+            return fake, probs
+        probs, fake, features = self.generator.classify_features(inputs, training=training)
+        logits = self.class_head(features, training=training)
+        key = "label" if self.lal_config.class_targets == "labels" else "embedding"
+        return fake, (probs, logits, inputs[key])
+
+    @property
+    def generator_variables(self):
+        """The generator's trainable variables and the class head's (trained with it)."""
+        head = self.class_head.trainable_variables if self.class_head is not None else []
+        return self.generator.trainable_variables + head
 
     def critic_view(self, l, ab, fake_ab):
         """l, ab and fake_ab average-pooled x2 to the prediction's grid (departure 2)."""
@@ -231,18 +301,21 @@ class LalColorizer(wgan.WGANGP):
         return self.generator_loss(inputs["l"], ab, fake, probs, training)
 
     def generator_loss(self, l, ab, fake_ab, aux, training):
-        """:meth:`generator_terms` of the decoded ab fake_ab (B, S, S, 2) and ``aux`` = the
-        bin probabilities (B, S/2, S/2, Q)."""
+        """:meth:`generator_terms` of the decoded ab fake_ab (B, S, S, 2) and ``aux`` from
+        :meth:`generator_pass`."""
         cfg = self.lal_config
         fake = tf.cast(fake_ab, tf.float32)
+        probs = aux if self.class_head is None else aux[0]
         terms = {
-            "class_ce": self.generator.classification_loss(aux, ab),
+            "class_ce": self.generator.classification_loss(probs, ab),
             "g_adv": -tf.reduce_mean(self.score(_pool(l), _pool(fake), training)),
             "ab_mse": tf.reduce_mean(tf.square(fake - ab)),
         }
-        # λ2 L_cl is absent: semantic_weight is always 0 (LalConfig, departure 1).
         loss = cfg.colorization_weight * terms["class_ce"] + cfg.adversarial_weight * terms[
             "g_adv"]
+        if self.class_head is not None:  # λ2 L_cl (departure 1)
+            terms["semantic_ce"] = semantic_cross_entropy(aux[1], aux[2], cfg.class_targets)
+            loss = loss + cfg.semantic_weight * terms["semantic_ce"]
         terms["loss"] = loss
         return terms, loss
 
