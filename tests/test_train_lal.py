@@ -53,3 +53,52 @@ def test_the_semantic_term_trains_through_koala_train(trained, records, tmp_path
     proc = _cli("--flagfile=experiments/smoke_fusion.flags", f"--train_records={records}",
                 f"--workdir={tmp_path / 'fusion'}", "--semantic_weight=0.5")
     assert proc.returncode != 0 and "applies to --model=lal" in proc.stderr
+
+
+def test_class_labels_from_folders_train_the_semantic_term(tmp_path, mobilenet_none):
+    from conftest import smooth_image, write_image
+
+    from koala.data import build, features, pipelines
+
+    photos = tmp_path / "photos"
+    for k, cls in enumerate(["cat", "dog", "cat", "bird", "dog", "bird"]):
+        write_image(photos / cls / f"p{k}.png", smooth_image(40, 48, seed=k))
+    write_image(photos / "loose.png", smooth_image(40, 48, seed=9))  # in no class folder
+    cfg = build.BuildConfig(input_dir=str(photos), output_dir=str(tmp_path / "records"),
+                            image_size=32, embedder="mobilenet", embedder_weights="none",
+                            labels_from="dirname", val_fraction=0.0, progress=False)
+    result = build.build(cfg, embedder=mobilenet_none)
+    assert result.ok
+    manifest = result.manifest
+    assert manifest["classes"] == ["bird", "cat", "dog"] and "label" in manifest["groups"]
+    assert [s["path"] for s in manifest["skipped"]] == ["loose.png"]
+    assert "class folder" in manifest["skipped"][0]["reason"]
+    # The label field round-trips: the pipeline yields each image's folder index.
+    import tensorflow as tf
+
+    names = []
+    for f in sorted((tmp_path / "records").glob("train-*.tfrecord")):
+        for s in tf.data.TFRecordDataset(str(f)):
+            parsed = features.parse(s, ["label"])
+            names.append((parsed[features.NAME].numpy().decode(),
+                          int(parsed[features.LABEL])))
+    assert all(manifest["classes"][label] == name.split("/")[0] for name, label in names)
+    ds = pipelines.colorization_dataset(tmp_path / "records", training=False, batch_size=6,
+                                        labels=True)
+    x, _ = next(iter(ds))
+    assert x["label"].dtype == tf.int32
+    assert sorted(x["label"].numpy().tolist()) == sorted(label for _, label in names)
+    # Two training steps of Lal et al. with --class_targets=labels (K = 3 classes).
+    proc = subprocess.run([sys.executable, "data_prep/bin_prior.py",
+                           f"--records={tmp_path / 'records'}", "--noprogress"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _cli("--flagfile=experiments/smoke_lal.flags", f"--train_records={tmp_path / 'records'}",
+                f"--workdir={tmp_path / 'run'}", "--semantic_weight=1",
+                "--class_targets=labels", "--epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert np.isfinite(float(row["semantic_ce"]))
+    model = colorize.Colorizer.load(tmp_path / "run" / "last.keras").model
+    assert model.class_head.layers[-1].units == 3

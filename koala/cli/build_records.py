@@ -52,6 +52,11 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_multi_enum("groups", ["color", "rgb"], ["color", "rgb"],
                             "Field groups to write: color (L, ab, embedding) and/or rgb.",
                             flag_values=fv)
+    flags.DEFINE_enum("labels_from", None, list(build_lib.LABELS_FROM),
+                      "Write integer class labels (the 'label' field; the manifest lists the "
+                      "classes): dirname = each image's top-level folder, ImageNet-style; "
+                      "images outside a class folder are skipped. Default: no labels.",
+                      flag_values=fv)
     flags.DEFINE_enum("embedder", "inception_resnet_v2", sorted(embedder_lib.EMBEDDERS),
                       "Global-feature network (SPEC §1: inception_resnet_v2 at 299 px).",
                       flag_values=fv)
@@ -110,7 +115,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 _CONFIG_FLAGS = ("image_size", "fit", "max_side", "embedder", "embedder_weights",
                  "val_fraction", "examples_per_shard", "compression", "rgb_codec",
                  "jpeg_quality", "max_pixels", "batch_size", "num_threads", "resume",
-                 "overwrite", "max_skipped_fraction", "progress", "num_workers", "worker_index")
+                 "overwrite", "max_skipped_fraction", "progress", "num_workers", "worker_index",
+                 "labels_from")
 _MERGE_FLAGS = ("output_dir", "num_workers", "max_skipped_fraction", "progress", "merge")
 
 

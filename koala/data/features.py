@@ -22,6 +22,10 @@ One ``tf.train.Example`` per source image, with field groups that can be written
     ``color/embedding``  the embedder's output (e.g. the 1000-way softmax), raw float16 bytes,
                          little-endian. Relative error ≤ 2**-11 (≈ 4.9e-4).
 
+``label`` (optional: ``build_records --labels_from=dirname``; Lal et al.'s semantic term)
+    ``class/label``      the image's class: the index of its top-level folder in the
+                         manifest's sorted ``classes`` list (int64)
+
 ``rgb`` (the codec and super-resolution: SPEC §2, §3)
     ``rgb/encoded``      the sRGB image as JPEG or PNG bytes, long side ≤ ``max_side``. When the
                          source was already a plain RGB JPEG/PNG within the cap, its bytes are
@@ -51,11 +55,13 @@ EMBEDDING = "color/embedding"
 RGB = "rgb/encoded"
 RGB_HEIGHT = "rgb/height"
 RGB_WIDTH = "rgb/width"
+LABEL = "class/label"
 
 META_KEYS = (NAME, SOURCE_HEIGHT, SOURCE_WIDTH, WAS_GRAYSCALE)
 GROUPS = {
     "color": (L, AB, EMBEDDING),
     "rgb": (RGB, RGB_HEIGHT, RGB_WIDTH),
+    "label": (LABEL,),
 }
 
 # Quantisation of the colour group (see the module docstring for the error bounds).
@@ -78,6 +84,7 @@ _FEATURE_TYPES = {
     RGB: tf.io.FixedLenFeature([], tf.string),
     RGB_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
     RGB_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+    LABEL: tf.io.FixedLenFeature([], tf.int64),
 }
 
 
@@ -137,6 +144,7 @@ def make_example(
     rgb: bytes | None = None,
     rgb_height: int | None = None,
     rgb_width: int | None = None,
+    label: int | None = None,
 ) -> bytes:
     """Serialises one example. Pass all fields of a group or none of them."""
     feature = {
@@ -155,6 +163,8 @@ def make_example(
         if any(v is None for v in rgb_fields):
             raise ValueError("the rgb group needs rgb, rgb_height and rgb_width together")
         feature.update({RGB: _bytes(rgb), RGB_HEIGHT: _int(rgb_height), RGB_WIDTH: _int(rgb_width)})
+    if label is not None:
+        feature[LABEL] = _int(label)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
         deterministic=True)  # map order fixed: byte-identical shards across processes
 

@@ -132,7 +132,8 @@ def _whole_image(example: dict, crop_size: int | None) -> tuple[tf.Tensor, tf.Te
 def colorization_dataset(source, *, split="train", batch_size=32, training=True,
                          crop_size=None, shuffle_buffer=1024, seed=None, verify=True,
                          drop_remainder=False, repeat=False, crops_from="records",
-                         min_crop_fraction=0.4, whole_image_fraction=0.25) -> tf.data.Dataset:
+                         min_crop_fraction=0.4, whole_image_fraction=0.25,
+                         labels=False) -> tf.data.Dataset:
     """Fusion-colorizer batches: ``({"l", "embedding"}, ab)``, all float32 in [-1, 1].
 
     ``crops_from="records"`` (the paper's data): random (training) or centre crops of the
@@ -141,13 +142,15 @@ def colorization_dataset(source, *, split="train", batch_size=32, training=True,
     (:func:`rgb_crop_to_lab`), except for a ``whole_image_fraction`` share of the examples,
     which are the record's whole padded image resized to ``crop_size``; evaluation always
     takes the whole image, as inference sees it. The embedding is the whole image's in every
-    case (the records store one per photo).
+    case (the records store one per photo). ``labels=True`` adds the records' class label
+    (``build_records --labels_from=dirname``) as ``x["label"]``, int32 (B,).
     """
     if crops_from not in CROPS_FROM:
         raise ValueError(f"crops_from must be one of {CROPS_FROM}, got {crops_from!r}")
     if crops_from == "rgb" and not crop_size:
         raise ValueError("crops_from='rgb' needs a crop_size (the network's square)")
     groups = ("color", "rgb") if crops_from == "rgb" and training else ("color",)
+    groups += ("label",) if labels else ()
     ds, recs = _read(source, split, groups=groups, training=training,
                      shuffle_buffer=shuffle_buffer, seed=seed, verify=verify)
     dim = recs.embedding_dim
@@ -175,7 +178,10 @@ def colorization_dataset(source, *, split="train", batch_size=32, training=True,
                                crop_size=crop_size, training=training, seed=seed)
         l = tf.ensure_shape(ex["l"], [size, size, 1])
         ab = tf.ensure_shape(ex["ab"], [size, size, 2])
-        return {"l": l, "embedding": ex["embedding"]}, ab
+        x = {"l": l, "embedding": ex["embedding"]}
+        if labels:
+            x["label"] = tf.cast(parsed[features.LABEL], tf.int32)
+        return x, ab
 
     ds = ds.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=not training)
     if recs.num_records is not None:

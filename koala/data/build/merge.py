@@ -164,6 +164,7 @@ def _merged_manifest(ordered: list[dict], flags: dict | None, seconds: float) ->
         "created": plan_lib.now(),
         **{k: ref[k] for k in _COPIED},
         "embedder": embedder,
+        **({"classes": ref["classes"]} if "classes" in ref else {}),
         "counts": counts,
         "total_inputs": sum(p["total_inputs"] for p in ordered),
         "skipped": sorted((x for p in ordered for x in p["skipped"]), key=lambda x: x["path"]),

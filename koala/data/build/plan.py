@@ -28,6 +28,7 @@ __all__ = [
     "ANY_SHARD_RE",
     "COMPRESSIONS",
     "CONTENT_FIELDS",
+    "LABELS_FROM",
     "MANIFEST",
     "PART_MANIFEST_RE",
     "PART_TAG",
@@ -62,7 +63,9 @@ ANY_SHARD_RE = re.compile(
 # Config fields that change what is written; a resume with any of them changed is refused.
 CONTENT_FIELDS = ("image_size", "fit", "max_side", "groups", "embedder", "embedder_weights",
                   "val_fraction", "examples_per_shard", "compression", "rgb_codec",
-                  "jpeg_quality", "max_pixels")
+                  "jpeg_quality", "max_pixels", "labels_from")
+LABELS_FROM = ("dirname",)
+"""Where class labels come from: the image's top-level folder (ImageNet-style class folders)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +94,13 @@ class BuildConfig:
     progress: bool = True
     num_workers: int = 1  # > 1: a distributed build, of which this is part worker_index
     worker_index: int = 0
+    labels_from: str | None = None  # "dirname": the "label" group from class folders
 
     def __post_init__(self):
-        object.__setattr__(self, "groups", features.check_groups(self.groups))
+        groups = tuple(g for g in self.groups if g != "label")
+        if self.labels_from is not None:
+            groups += ("label",)
+        object.__setattr__(self, "groups", features.check_groups(groups))
         checks = [
             (self.image_size >= 8, "image_size must be >= 8"),
             (self.fit in geometry.FITS, f"fit must be one of {geometry.FITS}"),
@@ -107,6 +114,8 @@ class BuildConfig:
             (0.0 <= self.max_skipped_fraction <= 1.0, "max_skipped_fraction must be in [0, 1]"),
             (not (self.resume and self.overwrite), "resume and overwrite exclude each other"),
             (self.num_workers >= 1, "num_workers must be >= 1"),
+            (self.labels_from in (None, *LABELS_FROM),
+             f"labels_from must be one of {LABELS_FROM} or None"),
             (0 <= self.worker_index < self.num_workers,
              f"worker_index must be in [0, num_workers={self.num_workers})"),
         ]

@@ -101,6 +101,9 @@ def _encode_rgb(rgb: np.ndarray, codec: str, quality: int) -> bytes:
 
 def prepare(path: str, name: str, config: BuildConfig, embed_size: int | None):
     """Loads and fits one image. Returns Prepared, or Skipped with the reason."""
+    if config.labels_from and "/" not in name:
+        return Skipped(name, "not inside a class folder (--labels_from=dirname labels each "
+                             "image by its top-level folder)")
     seconds = {}
     t = time.perf_counter()
     try:
@@ -236,6 +239,7 @@ class Builder:
             self.manifest_path = os.path.join(self.out, MANIFEST)
             self.own_shard_re = SHARD_RE
         self.seconds = collections.Counter()
+        self.classes: list[str] = []  # --labels_from=dirname: the sorted class folders
 
     # -- state ------------------------------------------------------------------------------
 
@@ -373,6 +377,8 @@ class Builder:
         found = {p.relative_to(cfg.input_dir).as_posix(): str(p)
                  for p in find_images(cfg.input_dir)}
         paths = found
+        if cfg.labels_from:  # from the whole listing: every part numbers classes alike
+            self.classes = sorted({name.split("/")[0] for name in found if "/" in name})
         if self.part:
             paths = {name: path for name, path in found.items()
                      if part_of(name, cfg.num_workers) == cfg.worker_index}
@@ -448,6 +454,8 @@ class Builder:
             rgb = {}
             if r.rgb is not None:
                 rgb = {"rgb": r.rgb, "rgb_height": r.rgb_height, "rgb_width": r.rgb_width}
+            if self.config.labels_from:
+                rgb["label"] = self.classes.index(r.name.split("/")[0])
             serialized = features.make_example(
                 name=printable(r.name), source_height=r.height, source_width=r.width,
                 was_grayscale=r.was_grayscale, **fields, **rgb)
@@ -490,6 +498,7 @@ class Builder:
             "max_side": cfg.max_side,
             "compression": cfg.compression,
             "embedder": embedder_info,
+            **({"classes": list(self.classes)} if cfg.labels_from else {}),
             "counts": counts,
             "total_inputs": sum(len(p.names) for p in plans),
             "skipped": [x for s in shards for x in s["skipped"]],

@@ -143,7 +143,9 @@ class ColorizeTask(TaskBase):
     def datasets(self, model, run, cfg, train_source, val_source, val_split, val_batch):
         kw = dict(crop_size=run.crop_size, verify=run.verify_records,
                   crops_from=cfg.crops_from, min_crop_fraction=cfg.min_crop_fraction,
-                  whole_image_fraction=cfg.whole_image_fraction)
+                  whole_image_fraction=cfg.whole_image_fraction,
+                  labels=bool(_is_lal(model) and cfg.semantic_weight
+                              and cfg.class_targets == "labels"))
         split_batches = run.distribute != "none"
         train = pipelines.colorization_dataset(
             train_source, split="train", training=True, shuffle_buffer=run.shuffle_buffer,

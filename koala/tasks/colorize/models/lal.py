@@ -274,10 +274,11 @@ class LalColorizer(wgan.WGANGP):
         """``(ab (B, S, S, 2), aux)``; aux is the bin probabilities (B, S/2, S/2, Q), and with
         the semantic term ``(probs, class logits (B, K), class targets)``. The generator
         takes no noise, so ``seed`` is unused."""
+        net_inputs = {k: inputs[k] for k in ("l", "embedding")}  # not "label"
         if self.class_head is None:
-            probs, fake = self.classify(inputs, training=training)
+            probs, fake = self.classify(net_inputs, training=training)
             return fake, probs
-        probs, fake, features = self.generator.classify_features(inputs, training=training)
+        probs, fake, features = self.generator.classify_features(net_inputs, training=training)
         logits = self.class_head(features, training=training)
         key = "label" if self.lal_config.class_targets == "labels" else "embedding"
         return fake, (probs, logits, inputs[key])
