@@ -15,7 +15,7 @@ from koala.core.task import ModelEntry, Task
 from koala.tasks.codec import model as codec
 from koala.tasks.codec import task as codec_task
 from koala.tasks.colorize import task as colorize_task
-from koala.tasks.colorize.models import colorgan, fusion, lal
+from koala.tasks.colorize.models import colorgan, fusion, lal, vcnn
 from koala.tasks.sr import models as sr
 from koala.tasks.sr import task as sr_task
 
@@ -32,6 +32,8 @@ MODELS: dict[str, ModelEntry] = {
     "lal_small": ModelEntry("colorize", "lal", lal.lal_small),
     "colorgan": ModelEntry("colorize", "colorgan", colorgan.colorgan),
     "colorgan_small": ModelEntry("colorize", "colorgan", colorgan.colorgan_small),
+    "vcnn": ModelEntry("colorize", "vcnn", vcnn.vcnn),
+    "vcnn_small": ModelEntry("colorize", "vcnn", vcnn.vcnn_small),
     "srcnn": ModelEntry("sr", "sr", sr.srcnn),
     "srcnn_955": ModelEntry("sr", "sr", sr.srcnn_955),
     "srcnn_small": ModelEntry("sr", "sr", sr.srcnn_small),

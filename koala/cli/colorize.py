@@ -71,9 +71,10 @@ def define_flags(fv: flags.FlagValues) -> None:
                        "preset's recorded decoding, else the model's own.", flag_values=fv)
     flags.register_validator("temperature", lambda v: v is None or v > 0,
                              "--temperature must be > 0", flag_values=fv)
-    flags.DEFINE_enum("refine", "none", list(REFINES),
+    flags.DEFINE_enum("refine", None, list(REFINES),
                       "Chroma refinement: none, or guided (a guided filter on the full-resolution "
-                      "a*b* with L* as guide; SPEC §5).", flag_values=fv)
+                      "a*b* with L* as guide; SPEC §5). Default: none, but guided for a VCNN "
+                      "(Liang et al.'s pipeline).", flag_values=fv)
     flags.DEFINE_integer("radius", DEFAULT_RADIUS, "Guided-filter radius in full-resolution "
                          "pixels (SPEC §5: 40).", lower_bound=0, flag_values=fv)
     flags.DEFINE_float("eps", DEFAULT_EPS, "Guided-filter ε, guide L*/100 in [0, 1] "

@@ -128,12 +128,19 @@ def define_flags(fv: flags.FlagValues) -> None:
     d(e, "class_targets", list(CLASS_TARGETS), "Colorize, lal with --semantic_weight > 0: the "
       "class targets: embedding (default; the records' embedder softmax as soft targets, "
       "distillation from the embedder) or labels (records built with --labels_from=dirname).")
+    d(i, "vcnn_mse_steps", "Colorize, vcnn: optimizer steps of MSE alone before the MSE / "
+      "log-loss alternation (Liang et al.: 100).", lower_bound=0)
+    d(i, "vcnn_alternate_every", "Colorize, vcnn: steps per loss in the alternation (default "
+      "1: every other step).", lower_bound=1)
+    d(i, "uv_bins", "Colorize, vcnn: bins per chroma channel of the log loss (default 32).",
+      lower_bound=2)
     # SRTrainConfig
     d(e, "scale", ["2", "3", "4"], "SR: upscaling factor (default 3).")
     d(i, "patch_size", "SR: high-res patch side (SRCNN: 33, the default).", lower_bound=2)
     d(i, "stride", "SR: extract every patch on this grid (SRCNN: 14); default: "
       "--patches_per_image random crops per image.", lower_bound=1)
-    d(i, "patches_per_image", "SR and codec: random patches per image and epoch (default 16).",
+    d(i, "patches_per_image", "SR, codec and vcnn: random patches per image and epoch "
+      "(default 16).",
       lower_bound=1)
     d(e, "sr_channels", list(SR_CHANNELS), "SR: the Y channel (default; the papers) or RGB.")
     # CodecTrainConfig

@@ -60,6 +60,10 @@ class ColorizeTrainConfig:
     crops_from:       fusion and Lal et al.: "records" (the stored L/ab squares, the paper)
                       or "rgb" (random squares of random size from the stored photo, plus
                       the whole padded image for ``whole_image_fraction`` of the examples).
+    patches_per_image, vcnn_mse_steps, vcnn_alternate_every, uv_bins:
+                      Liang et al. (vcnn): random 64 px patches per image visit; steps of MSE
+                      alone, then steps per loss in the MSE / log-loss alternation; bins per
+                      chroma channel of the log loss (models/vcnn.py).
     semantic_weight:  Lal et al.: λ2 of the semantic classification term (0: none).
     class_targets:    Lal et al., λ2 > 0: "embedding" (the records' embedder softmax as soft
                       targets, distillation) or "labels" (the records' class labels).
@@ -82,6 +86,10 @@ class ColorizeTrainConfig:
     whole_image_fraction: float = 0.25
     semantic_weight: float = 0.0
     class_targets: str = "embedding"
+    patches_per_image: int = 16
+    vcnn_mse_steps: int = 100
+    vcnn_alternate_every: int = 1
+    uv_bins: int = 32
 
     def __post_init__(self):
         checks = [
@@ -96,6 +104,10 @@ class ColorizeTrainConfig:
             (0 < self.min_crop_fraction <= 1, "min_crop_fraction must be in (0, 1]"),
             (0 <= self.whole_image_fraction <= 1, "whole_image_fraction must be in [0, 1]"),
             (self.semantic_weight >= 0, "semantic_weight must be >= 0"),
+            (self.patches_per_image >= 1, "patches_per_image must be >= 1"),
+            (self.vcnn_mse_steps >= 0, "vcnn_mse_steps must be >= 0"),
+            (self.vcnn_alternate_every >= 1, "vcnn_alternate_every must be >= 1"),
+            (self.uv_bins >= 2, "uv_bins must be >= 2"),
             (self.class_targets in CLASS_TARGETS,
              f"class_targets must be one of {CLASS_TARGETS}"),
         ]

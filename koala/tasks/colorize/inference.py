@@ -16,6 +16,11 @@ the full-resolution lightness L*/100 in [0, 1], radius ``radius`` pixels of the
 full-resolution image and ``eps`` (the paper's 40 and 1e-4). It removes blotches while the
 chroma keeps the edges of L*.
 
+Liang et al.'s VCNN (:mod:`koala.tasks.colorize.models.vcnn`) works in YUV on the image's
+own resolution: 64×64 windows whose 56×56 centres tile the image predict U and V
+(:func:`~koala.tasks.colorize.models.vcnn.colorize_uv`), refined by the guided filter with Y
+as guide (its paper's pipeline, so ``refine`` defaults to "guided" for it), joined with Y.
+
 A ColorGAN model (:mod:`koala.tasks.colorize.models.colorgan`) needs no embedder; its noise
 map makes colourings differ (:meth:`Colorizer.colorize_samples`, sample k from the seed
 ``(seed, k)``). A fusion model is deterministic.
@@ -45,7 +50,7 @@ from koala.tasks.colorize.config import (  # noqa: F401  (re-exported)
     INFERENCE_FIT,
     REFINES,
 )
-from koala.tasks.colorize.models import colorgan, fusion, lal
+from koala.tasks.colorize.models import colorgan, fusion, lal, vcnn
 from koala.tasks.colorize.models.colorgan import ColorGANConfig
 from koala.tasks.colorize.models.fusion import FusionConfig
 
@@ -164,10 +169,10 @@ class Colorizer:
                  embedder_weights: str | None = None, saturation: float | None = None,
                  temperature: float | None = None):
         config = getattr(model, "config", None)
-        if not isinstance(config, (FusionConfig, ColorGANConfig)):
+        if not isinstance(config, (FusionConfig, ColorGANConfig, vcnn.VCNNConfig)):
             raise KoalaError(
-                f"{type(model).__name__} is not a koala colorizer (no FusionConfig or "
-                f"ColorGANConfig)"
+                f"{type(model).__name__} is not a koala colorizer (no FusionConfig, "
+                f"ColorGANConfig or VCNNConfig)"
             )
         self.model = model
         self.config = config
@@ -177,7 +182,9 @@ class Colorizer:
             _set_temperature(model, temperature)
         self.image_size = size = config.image_size
         self.is_gan = isinstance(config, ColorGANConfig)
-        if self.is_gan:  # L only: no embedder; noise from a seed (see _network_ab)
+        self.is_vcnn = isinstance(config, vcnn.VCNNConfig)
+        self.refine = "guided" if self.is_vcnn else "none"  # the VCNN paper always refines
+        if self.is_gan or self.is_vcnn:  # no embedder (GAN: noise from a seed, _network_ab)
             self.embedder = None
             return
         if embedder is None:
@@ -221,8 +228,9 @@ class Colorizer:
         """
         from koala import presets
 
-        model = models.load(path, (fusion.FusionColorizer, colorgan.ColorGAN, lal.LalColorizer),
-                            "a koala colorizer (fusion, Lal et al. or ColorGAN)")
+        model = models.load(path, (fusion.FusionColorizer, colorgan.ColorGAN, lal.LalColorizer,
+                                   vcnn.VCNN),
+                            "a koala colorizer (fusion, Lal et al., ColorGAN or VCNN)")
         decoding = presets.decoding(path)
         if saturation is None:
             saturation = decoding.get("saturation")
@@ -266,6 +274,8 @@ class Colorizer:
         """Full-resolution a*b* (H, W, 2) per prediction (see :meth:`predict_ab`)."""
         if refine not in REFINES:  # fail before running the network
             raise ValueError(f"refine must be one of {REFINES}, got {refine!r}")
+        if self.is_vcnn:
+            raise KoalaError("a VCNN predicts U and V of YUV, not a*b*: use colorize()")
         rgb = _as_rgb(rgb)
         height, width = rgb.shape[:2]
         top, left, nh, nw = geometry.pad_box(height, width, self.image_size)
@@ -283,7 +293,7 @@ class Colorizer:
         return out
 
     def colorize_samples(self, image, samples: int, seed: int, *,
-                         saturation: float | None = None, refine: str = "none",
+                         saturation: float | None = None, refine: str | None = None,
                          radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS
                          ) -> list[np.ndarray]:
         """``samples`` different colourings of one image from a ColorGAN (its noise map gives
@@ -297,13 +307,14 @@ class Colorizer:
             raise KoalaError(f"{type(self.model).__name__} is deterministic: only a ColorGAN "
                              f"draws several colourings (samples={samples})")
         saturation = self.saturation if saturation is None else saturation
+        refine = self.refine if refine is None else refine
         _check_saturation(saturation)
         rgb = _as_rgb(image)
         lightness = _lightness(rgb)
         return [_lab_to_uint8(lightness, tf.constant(ab) * saturation)
                 for ab in self._predict(rgb, refine, radius, eps, samples, seed)]
 
-    def colorize(self, image, *, saturation: float | None = None, refine: str = "none",
+    def colorize(self, image, *, saturation: float | None = None, refine: str | None = None,
                  radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS) -> np.ndarray:
         """Colorizes one image at its own resolution.
 
@@ -312,18 +323,33 @@ class Colorizer:
             through their lightness L* only (as if desaturated).
           saturation: factor on the predicted a*b* (>= 0; 0 gives :func:`gray_baseline`;
             None: this colorizer's default, :attr:`saturation`).
-          refine: "none" or "guided" (SPEC §5), applied to the full-resolution a*b* before
-            the saturation factor; see :meth:`predict_ab`.
+          refine: "none" or "guided" (SPEC §5), applied to the full-resolution a*b* (a VCNN:
+            U, V) before the saturation factor; see :meth:`predict_ab`. None: this
+            colorizer's default, :attr:`refine` ("guided" for a VCNN, else "none").
           radius, eps: the guided filter's radius (full-resolution pixels) and ε.
 
         Returns:
           uint8 (H, W, 3) sRGB: the input's full-resolution L* with the predicted a*b*.
         """
         saturation = self.saturation if saturation is None else saturation
+        refine = self.refine if refine is None else refine
         _check_saturation(saturation)
         rgb = _as_rgb(image)
+        if self.is_vcnn:
+            return self._colorize_yuv(rgb, saturation, refine, radius, eps)
         ab = self.predict_ab(rgb, refine=refine, radius=radius, eps=eps)
         return _lab_to_uint8(_lightness(rgb), tf.constant(ab) * saturation)
+
+    def _colorize_yuv(self, rgb, saturation, refine, radius, eps) -> np.ndarray:
+        """A VCNN's colorization of uint8 rgb: Y, windowed U and V, guided filter, back to RGB."""
+        if refine not in REFINES:
+            raise ValueError(f"refine must be one of {REFINES}, got {refine!r}")
+        y = color.rgb_to_yuv(tf.cast(rgb, tf.float32) / 255.0)[..., 0].numpy()
+        uv = vcnn.colorize_uv(self.model, y)
+        if refine != "none":
+            uv = guided.guided_filter(y, uv, radius, eps).astype(np.float32)
+        out = color.yuv_to_rgb(np.concatenate([y[..., None], uv * saturation], -1)).numpy()
+        return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _annealed_means(model) -> list:
@@ -360,7 +386,7 @@ def _check_saturation(saturation: float) -> None:
 
 
 def colorize(model, image, *, embedder: Embedder | None = None,
-             saturation: float | None = None, refine: str = "none",
+             saturation: float | None = None, refine: str | None = None,
              radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS) -> np.ndarray:
     """Function form of :meth:`Colorizer.colorize`.
 

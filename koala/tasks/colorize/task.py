@@ -1,8 +1,11 @@
-"""Training the colorizers (fusion, Lal et al., ColorGAN) through the generic trainer.
+"""Training the colorizers (fusion, Lal et al., ColorGAN, Liang et al.'s VCNN) through the
+generic trainer.
 
-One :class:`ColorizeTask` serves the three: the records give L, ab and the embedding; the
+One :class:`ColorizeTask` serves them: the records give L, ab and the embedding; the
 fusion regression head compiles with MSE, the classification head and the two-player models
-(Lal et al., ColorGAN) compute their losses in their own ``train_step``.
+(Lal et al., ColorGAN) compute their losses in their own ``train_step``. The VCNN trains on
+64 px patches of the records' RGB, in YUV (Y in, the centre's U and V out), with its own
+``train_step`` (the MSE / log-loss schedule).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from koala.core.trainer import CriticLearningRate
 from koala.data import bin_prior, pipelines
 from koala.ops import color, colorbins, grid
 from koala.tasks.colorize.config import ColorizeTrainConfig
+from koala.tasks.colorize.models import vcnn
 from koala.tasks.colorize.models.colorgan import ColorGAN
 from koala.tasks.colorize.models.lal import LalColorizer
 
@@ -99,6 +103,17 @@ def _is_lal(model) -> bool:
     return isinstance(model, LalColorizer)
 
 
+def _is_vcnn(model) -> bool:
+    return isinstance(model, vcnn.VCNN)
+
+
+def yuv_patches(rgb):
+    """(B, 64, 64, 3) sRGB patches in [0, 1] -> (Y (B, 64, 64, 1), centre UV (B, 56, 56, 2))."""
+    yuv = color.rgb_to_yuv(rgb)
+    b = vcnn.BORDER
+    return yuv[..., :1], yuv[:, b:-b, b:-b, 1:]
+
+
 class ColorizeTask(TaskBase):
     """The colorize family's :class:`~koala.core.task.Task`."""
 
@@ -115,6 +130,11 @@ class ColorizeTask(TaskBase):
             return entry.build(perceptual_net=cfg.perceptual_net,
                                perceptual_weights=cfg.perceptual_weights,
                                perceptual_size=cfg.perceptual_size, image_size=size)
+        if entry.variant == "vcnn":
+            return entry.build(mse_steps=cfg.vcnn_mse_steps, uv_bins=cfg.uv_bins,
+                               alternate_every=cfg.vcnn_alternate_every,
+                               **({"filters_scale": cfg.filters_scale}
+                                  if cfg.filters_scale is not None else {}))
         if entry.variant == "lal":  # always the classification head
             return entry.build(**fusion_kwargs(run, cfg, records, head="classification"),
                                **semantic_kwargs(run, cfg, records))
@@ -135,12 +155,17 @@ class ColorizeTask(TaskBase):
                 g_optimizer=keras.optimizers.Adam(run.learning_rate, beta_1=0.5, beta_2=0.9),
                 d_optimizer=keras.optimizers.Adam(run.learning_rate, beta_1=0.5, beta_2=0.9),
                 jit_compile=run.jit_compile)
+        elif _is_vcnn(model):  # its train_step has the MSE / log-loss schedule
+            model.compile(optimizer=optimizer, jit_compile=run.jit_compile)
         else:
             # The classification head's train_step computes its own loss.
             loss = None if model.config.head == "classification" else "mse"
             model.compile(optimizer=optimizer, loss=loss, jit_compile=run.jit_compile)
 
     def datasets(self, model, run, cfg, train_source, val_source, val_split, val_batch):
+        if _is_vcnn(model):
+            return self._vcnn_datasets(run, cfg, train_source, val_source, val_split,
+                                       val_batch)
         kw = dict(crop_size=run.crop_size, verify=run.verify_records,
                   crops_from=cfg.crops_from, min_crop_fraction=cfg.min_crop_fraction,
                   whole_image_fraction=cfg.whole_image_fraction,
@@ -158,6 +183,21 @@ class ColorizeTask(TaskBase):
                                                  drop_remainder=split_batches, **kw)
         return Datasets(train, val)
 
+    def _vcnn_datasets(self, run, cfg, train_source, val_source, val_split, val_batch):
+        """64 px RGB patches -> (Y, centre UV); validation: each image's centre patch."""
+        kw = dict(patch_size=vcnn.PATCH, verify=run.verify_records,
+                  drop_remainder=run.distribute != "none")
+        train = pipelines.rgb_dataset(
+            train_source, split="train", training=True, batch_size=run.batch_size,
+            patches_per_image=cfg.patches_per_image, shuffle_buffer=run.shuffle_buffer,
+            seed=run.seed, repeat=run.steps_per_epoch is not None, **kw)
+        train = train.map(yuv_patches, num_parallel_calls=tf.data.AUTOTUNE)
+        val = None
+        if val_batch is not None:
+            val = pipelines.rgb_dataset(val_source, split=val_split, training=False,
+                                        batch_size=val_batch, **kw).map(yuv_patches)
+        return Datasets(train, val)
+
     def callbacks(self, model, run, cfg) -> list:
         if _is_gan(model):
             return [CriticLearningRate(2.0)]
@@ -168,6 +208,14 @@ class ColorizeTask(TaskBase):
     def preview(self, model, examples):
         """[gray | predicted | truth]; a ColorGAN's seed-0 sample, so epochs compare."""
         x, ab = examples
+        if _is_vcnn(model):  # Y (B, 64, 64, 1), centre UV: [gray | predicted | truth]
+            b = vcnn.BORDER
+            y = x[:, b:-b, b:-b]
+            rows = [np.round(np.clip(color.yuv_to_rgb(tf.concat([y, uv], -1)).numpy(), 0, 1)
+                             * 255).astype(np.uint8)
+                    for uv in (tf.zeros_like(ab), model(x, training=False), ab)]
+            image = grid.make_grid(list(zip(*rows, strict=True)), height=128)
+            return "gray | predicted | truth", image
         pred = model.sample(x["l"], seed=0)[0] if _is_gan(model) else model(x, training=False)
         zeros = tf.zeros_like(ab)
         gray, out, truth = (lab_batch_to_rgb(x["l"], a) for a in (zeros, pred, ab))

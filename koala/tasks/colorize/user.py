@@ -144,6 +144,8 @@ def colorize_with_hints(gray, hints, model=None, *, threshold: float = DEFAULT_H
         Colorizer.load(model) if isinstance(model, str) else Colorizer(model))
     saturation = model_options.pop("saturation", None)
     saturation = colorizer.saturation if saturation is None else saturation
+    if model_options.get("refine") is None:
+        model_options["refine"] = colorizer.refine
     ab = colorizer.predict_ab(rgb, **model_options).astype(np.float64) * saturation
     hint_ab = color.srgb_to_lab(tf.constant(marks, tf.float32) / 255.0)[..., 1:].numpy()
     fixed, delta = mask, np.where(mask[..., None], hint_ab - ab, 0.0)
