@@ -260,7 +260,7 @@ def test_main_in_process_writes_the_effective_flags(photos, model_path, tmp_path
     lines = (out / "flags.txt").read_text().splitlines()
     assert lines == ["--task=colorize", f"--model={model_path}", f"--images={photos}",
                      f"--output_dir={out}", "--max_images=1",
-                     "--grid_height=24", "--refine=none", "--radius=40", "--eps=0.0001",
+                     "--grid_height=24", "--radius=40", "--eps=0.0001",
                      "--progress=False"]
     # A second run in the same process, from that flagfile, gives the same report.
     first = json.loads((out / "metrics.json").read_text())

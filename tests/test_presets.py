@@ -293,14 +293,15 @@ def test_add_ships_a_colorizers_embedder_weights_and_decoding(tmp_path, monkeypa
             f"--embedder_weights={weights}", "--embedder_license=Apache-2.0",
             "--saturation=1.1"]
     assert cli_main("presets", "add", "tiny_color", *args) == 0
-    assert cli_main("presets", "add", "tiny_color2", *args, "--temperature=0.3") == 0
+    assert cli_main("presets", "add", "tiny_color2", *args, "--temperature=0.3",
+                    "--refine=guided") == 0
     index = store / "presets.json"
     assert presets.embedder_weights("tiny_color", index_path=index) == str(
         store / "mobilenet.weights.h5")
     assert (store / "mobilenet.weights.h5").read_bytes() == weights.read_bytes()  # one copy
     assert presets.decoding("tiny_color", index_path=index) == {"saturation": 1.1}
-    assert presets.decoding("tiny_color2", index_path=index) == {"saturation": 1.1,
-                                                                  "temperature": 0.3}
+    assert presets.decoding("tiny_color2", index_path=index) == {
+        "saturation": 1.1, "temperature": 0.3, "refine": "guided"}
     assert presets.embedder_weights(str(tmp_path / "best.keras"), index_path=index) is None
     assert presets.decoding(str(tmp_path / "best.keras"), index_path=index) == {}
     (store / "mobilenet.weights.h5").write_bytes(b"\x89HDF weights stand-IN")  # same size

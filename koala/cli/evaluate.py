@@ -83,7 +83,8 @@ def define_flags(fv: flags.FlagValues) -> None:
                         "(imagenet, none or a local weights file).", flag_values=fv)
     flags.DEFINE_multi_enum("refine", None, list(REFINES),
                             "colorize: report every model with this chroma refinement "
-                            "(default: none); repeat (--refine=none --refine=guided) for rows "
+                            "(default: each model's own: a preset's recorded one, guided for "
+                            "a VCNN, else none); repeat (--refine=none --refine=guided) for rows "
                             "with and without the guided filter (SPEC §5).", flag_values=fv)
     flags.DEFINE_integer("radius", None, f"colorize: guided-filter radius (SPEC §5: "
                          f"{DEFAULT_RADIUS}).", lower_bound=0, flag_values=fv)

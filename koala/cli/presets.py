@@ -56,6 +56,8 @@ def define_flags(fv: flags.FlagValues) -> None:
                         "--embedder_weights, recorded with it.", flag_values=fv)
     flags.DEFINE_float("saturation", None, "add, colorize: the default saturation, picked "
                        "on held-out photos.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_enum("refine", None, ["none", "guided"], "add, colorize: the default chroma "
+                      "refinement, picked on held-out photos.", flag_values=fv)
     flags.DEFINE_float("temperature", None, "add, colorize (classification head): the "
                        "default annealed-mean temperature, picked on held-out photos.",
                        flag_values=fv)
@@ -140,7 +142,7 @@ def add(fv, name: str) -> int:
         extra["embedder_weights"] = {"file": weights.name, "size": weights.stat().st_size,
                                      "sha256": presets.sha256(weights),
                                      "license": fv.embedder_license or ""}
-    decoding = {k: fv[k].value for k in ("saturation", "temperature")
+    decoding = {k: fv[k].value for k in ("saturation", "temperature", "refine")
                 if fv[k].value is not None}
     if decoding:
         extra["decoding"] = decoding

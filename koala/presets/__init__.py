@@ -161,8 +161,9 @@ def embedder_weights(name_or_path, *, index_path=INDEX) -> str | None:
 
 
 def decoding(name_or_path, *, index_path=INDEX) -> dict:
-    """A colorize preset's default decoding (``{"saturation": s, "temperature": t}``, picked
-    on held-out photos and recorded when it was added); {} for a path or a preset without."""
+    """A colorize preset's default decoding (``{"saturation": s, "temperature": t, "refine":
+    r}``, each optional, picked on held-out photos and recorded when it was added); {} for a
+    path or a preset without."""
     preset = _named(name_or_path, Path(index_path))
     return dict(preset.info.get("decoding") or {}) if preset else {}
 

@@ -114,7 +114,9 @@ class ColorizeEvalConfig:
     progress:         show a progress bar over the images on stderr.
     refine:           the chroma refinements to report for every model: "none" (the raw
                       prediction) and/or "guided" (SPEC §5's guided filter, a row
-                      "<model>+guided"), with ``radius`` and ``eps``.
+                      "<model>+guided"), with ``radius`` and ``eps``; empty (the default):
+                      one row per model with its own (a preset's recorded decoding; "guided"
+                      for a VCNN, else "none").
     semantic_weights: weights of the MobileNet ImageNet classifier for the semantic check
                       (a file, "imagenet" or "none"); None: no check.
     """
@@ -128,7 +130,7 @@ class ColorizeEvalConfig:
     temperature: float | None = None
     grid_height: int = 160
     progress: bool = True
-    refine: tuple[str, ...] = ("none",)
+    refine: tuple[str, ...] = ()
     radius: int = DEFAULT_RADIUS
     eps: float = DEFAULT_EPS
     semantic_weights: str | None = None
@@ -137,9 +139,8 @@ class ColorizeEvalConfig:
         if not self.models:
             raise ValueError("at least one model is needed")
         object.__setattr__(self, "refine", tuple(dict.fromkeys(self.refine)))
-        if not self.refine or not set(self.refine) <= set(REFINES):
-            raise ValueError(f"refine must be a non-empty subset of {REFINES}, "
-                             f"got {self.refine}")
+        if not set(self.refine) <= set(REFINES):
+            raise ValueError(f"refine must be a subset of {REFINES}, got {self.refine}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
         if self.saturation is not None and not self.saturation >= 0:
@@ -290,7 +291,7 @@ class _Refined:
     """A colorizer whose outputs go through one chroma refinement (a report row)."""
 
     colorizer: Colorizer
-    refine: str
+    refine: str | None
     radius: int
     eps: float
 
@@ -328,8 +329,9 @@ def run(config: ColorizeEvalConfig) -> dict:
                                       temperature=config.temperature)
             decodings[name] = {"saturation": colorizer.saturation,
                                "temperature": colorizer.temperature}
-            for refine in config.refine:
-                key = name if refine == "none" else f"{name}+{refine}"
+            decodings[name]["refine"] = colorizer.refine
+            for refine in config.refine or (None,):  # None: the model's own (one row)
+                key = name if refine in (None, "none") else f"{name}+{refine}"
                 colorizers[key] = _Refined(colorizer, refine, config.radius, config.eps)
         return colorizers
 
@@ -348,9 +350,10 @@ def run(config: ColorizeEvalConfig) -> dict:
         rep["saturations"] = {n: d["saturation"] for n, d in decodings.items()}
         rep["temperatures"] = {n: d["temperature"] for n, d in decodings.items()
                                if d["temperature"] is not None}
+        rep["refines"] = {n: d["refine"] for n, d in decodings.items()}
         return rep
 
-    guided = {"radius": config.radius, "eps": config.eps} if "guided" in config.refine else {}
+    guided = {"radius": config.radius, "eps": config.eps}
     return evaluation.evaluate(
         model_files=config.models, images_dir=config.images, output_dir=config.output_dir,
         load=load, report=report, row=lambda cells: evaluation.shrink_cells(cells, height),

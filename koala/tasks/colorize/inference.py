@@ -216,7 +216,7 @@ class Colorizer:
 
     @classmethod
     def load(cls, path, *, embedder_weights: str | None = None, saturation: float | None = None,
-             temperature: float | None = None) -> Colorizer:
+             temperature: float | None = None, refine: str | None = None) -> Colorizer:
         """A colorizer from a saved ``.keras`` colorizer or a preset name, and the embedder
         it records. A preset brings its own embedder weights file and default decoding
         (:func:`koala.presets.embedder_weights`, :func:`koala.presets.decoding`); the
@@ -236,8 +236,14 @@ class Colorizer:
             saturation = decoding.get("saturation")
         if temperature is None and _has_temperature(model):
             temperature = decoding.get("temperature")
-        return cls(model, embedder_weights=embedder_weights or presets.embedder_weights(path),
-                   saturation=saturation, temperature=temperature)
+        colorizer = cls(model, embedder_weights=embedder_weights or presets.embedder_weights(path),
+                        saturation=saturation, temperature=temperature)
+        refine = refine or decoding.get("refine")
+        if refine is not None:
+            if refine not in REFINES:
+                raise ValueError(f"refine must be one of {REFINES}, got {refine!r}")
+            colorizer.refine = refine
+        return colorizer
 
     def predict_ab(self, rgb, *, refine: str = "none", radius: int = DEFAULT_RADIUS,
                    eps: float = DEFAULT_EPS) -> np.ndarray:
