@@ -3,10 +3,13 @@ r"""Colorize latency on this CPU: one 1024 x 768 photo through
 full-resolution output), next to the gray baseline measured in the same run and the seed's
 claim of under 50 ms per image on a GPU.
 
-  python benchmarks/colorize.py [--embedder=mobilenet] [--image_size=224] [--repeats=5]
+  python benchmarks/colorize.py [--model=fusion_mobilenet|random] [--image_size=224] \
+      [--embedder=mobilenet] [--repeats=5]
 
-  model        the paper-size fusion colorizer (koala.tasks.colorize.models.fusion.fusion)
-               with the MobileNet embedder; random weights (speed does not depend on them)
+  model        --model: a colorize preset or .keras file (default: the recommended preset,
+               with the embedder it ships), or "random": the paper-size fusion colorizer
+               (koala.tasks.colorize.models.fusion.fusion) at --image_size with the
+               --embedder, random weights (speed does not depend on them)
   embed        the embedder alone on the fitted square (part of "colorize")
   colorize     the whole call, best of --repeats after one warm-up
   gray         the gray baseline (L* with ab = 0) of the same photo: the floor any colorizer
@@ -23,6 +26,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from koala import presets
 from koala.ops.embedder import Embedder
 from koala.tasks.colorize.inference import Colorizer, gray_baseline
 from koala.tasks.colorize.models.fusion import fusion
@@ -30,8 +34,11 @@ from koala.tasks.colorize.models.fusion import fusion
 flags.DEFINE_string("photo",
                     str(REPO / "data" / "samples" / "aitzgorri_by_Aitzol_Berasategi.jpg"),
                     "The photo, resized to 1024 x 768.")
-flags.DEFINE_string("embedder", "mobilenet", "Embedder (mobilenet or inception_resnet_v2).")
-flags.DEFINE_integer("image_size", 224, "The network's square side.")
+flags.DEFINE_string("model", None, "A colorize preset or .keras file, or random (default: "
+                    "the recommended colorize preset).")
+flags.DEFINE_string("embedder", "mobilenet", "random: embedder (mobilenet or "
+                    "inception_resnet_v2).")
+flags.DEFINE_integer("image_size", 224, "random: the network's square side.")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions (best is kept).")
 FLAGS = flags.FLAGS
 SEED_CLAIM_MS = 50  # the seed: "under 50 ms per image on a GPU"
@@ -49,16 +56,23 @@ def best_ms(fn, repeats: int) -> float:
 
 def main(_):
     rgb = np.asarray(Image.open(FLAGS.photo).convert("RGB").resize((1024, 768), Image.BICUBIC))
-    embedder = Embedder(FLAGS.embedder, "none")
-    model = fusion(image_size=FLAGS.image_size, embedder=FLAGS.embedder,
-                   embedder_weights="none", embedding_dim=embedder.dim)
-    colorizer = Colorizer(model, embedder)
+    if FLAGS.model == "random":
+        embedder = Embedder(FLAGS.embedder, "none")
+        model = fusion(image_size=FLAGS.image_size, embedder=FLAGS.embedder,
+                       embedder_weights="none", embedding_dim=embedder.dim)
+        colorizer = Colorizer(model, embedder)
+        name = f"fusion {FLAGS.image_size} px, random weights"
+    else:
+        name = FLAGS.model or presets.default("colorize")
+        colorizer = Colorizer.load(name)
+        embedder, model = colorizer.embedder, colorizer.model
+        name = f"{name} ({model.config.image_size} px)"
     square = embedder.fit(rgb)[None]
     gray_ms = best_ms(lambda: gray_baseline(rgb), FLAGS.repeats)
     embed_ms = best_ms(lambda: embedder.embed(square), FLAGS.repeats)
     colorize_ms = best_ms(lambda: colorizer.colorize(rgb), FLAGS.repeats)
-    print(f"1024x768 photo, fusion {FLAGS.image_size} px ({model.count_params():,} parameters), "
-          f"{FLAGS.embedder} embedder, best of {FLAGS.repeats}")
+    print(f"1024x768 photo, {name}, {model.count_params():,} parameters, "
+          f"{embedder.name} embedder, best of {FLAGS.repeats}")
     print(f"{'gray baseline':>16} {gray_ms:8.1f} ms")
     print(f"{'embedder':>16} {embed_ms:8.1f} ms")
     print(f"{'colorize':>16} {colorize_ms:8.1f} ms   (seed's claim on a GPU: < {SEED_CLAIM_MS} ms)")
