@@ -1,0 +1,91 @@
+r"""Exports a koala model for serving: a SavedModel, a LiteRT (TFLite) file or an ONNX file
+whose signature takes what a user has, uint8 RGB image batches, and returns uint8 images.
+
+  python -m koala.export --model=PRESET|MODEL.keras --format=savedmodel|litert|onnx -o OUT \
+      [--int8] [--overwrite]
+
+The colour maths (YCbCr, Lab), the bicubic chroma and the rounding are inside the graph, so
+a TF Serving, LiteRT or onnxruntime user needs no koala. Signatures (all uint8, batch first,
+any height and width):
+
+  sr        serving_default: images (B, h, w, 3) -> (B, s·h, s·w, 3)
+
+``--format=savedmodel`` writes the folder OUT; ``litert`` writes OUT (a ``.tflite`` file;
+``--int8`` for dynamic-range quantisation: int8 weights); ``onnx`` writes OUT (a ``.onnx``
+file) through tf2onnx (``pip install 'koala[onnx]'``), or fails with one line saying why.
+LiteRT and ONNX go through a SavedModel in a temporary folder. An existing OUT is kept
+unless ``--overwrite``. The library is :mod:`koala.core.export`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+from absl import flags
+
+from koala.cli import common
+
+FORMATS = ("savedmodel", "litert", "onnx")
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("model", None, "A preset name (python -m koala.presets) or a koala "
+                        ".keras file.", flag_values=fv)
+    flags.DEFINE_enum("format", "savedmodel", list(FORMATS), "What to write.", flag_values=fv)
+    flags.DEFINE_string("output", None, "The SavedModel folder, or the .tflite / .onnx file.",
+                        short_name="o", flag_values=fv)
+    flags.DEFINE_bool("int8", False, "litert: dynamic-range int8 quantisation of the weights.",
+                      flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output.", flag_values=fv)
+
+
+def server(model):
+    """The serving module of a koala model and its signatures: ``(module, {name: fn})``."""
+    from koala.core.errors import KoalaError
+    from koala.tasks.sr import models as sr
+    from koala.tasks.sr.serving import SRServer
+
+    if isinstance(model, (sr.SRCNN, sr.FSRCNN, sr.SRAutoencoder)):
+        module = SRServer(model)
+        return module, {"serving_default": module.serve}
+    raise KoalaError(f"{type(model).__name__}: koala.export takes an SR model for now")
+
+
+def main(argv) -> int:
+    fv, rest = common.parse(argv, define_flags, doc=__doc__, required=("model", "output"))
+    if rest:
+        return common.error(f"unexpected arguments: {rest}")
+    from koala import presets
+    from koala.core import export
+    from koala.core.errors import KoalaError
+
+    if fv.int8 and fv.format != "litert":
+        return common.error("--int8 applies to --format=litert")
+    try:
+        module, signatures = server(presets.load(fv.model))
+        if fv.format == "savedmodel":
+            out = export.save_savedmodel(module, fv.output, signatures,
+                                         overwrite=fv.overwrite)
+        elif fv.format == "onnx":
+            out = export.to_onnx(next(iter(signatures.values())), fv.output,
+                                 overwrite=fv.overwrite)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                saved = export.save_savedmodel(module, os.path.join(tmp, "saved"), signatures)
+                out = export.to_litert(saved, fv.output, int8=fv.int8, overwrite=fv.overwrite)
+    except (KoalaError, OSError) as e:
+        return common.error(str(e))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() \
+        else out.stat().st_size
+    print(f"{fv.format}: {out} ({size / 2**20:.2f} MiB); signatures: "
+          f"{', '.join(signatures)}")
+    return 0
+
+
+run = functools.partial(common.run, main)  # the console script
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,73 @@
+"""koala.export: serving exports (SavedModel, LiteRT) that take and return uint8 images and
+match the koala tools."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import cli_main, smooth_image
+
+from koala.tasks.sr import models as sr
+from koala.tasks.sr.inference import Upscaler
+
+
+def low_res(h=23, w=31, seed=0):
+    return smooth_image(h, w, seed=seed)  # uint8 (h, w, 3)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: sr.build_fsrcnn(sr.FSRCNNConfig(scale=3, d=8, s=4, m=1)),
+    lambda: sr.srcnn_small(scale=2),
+], ids=["fsrcnn", "srcnn"])
+def test_an_sr_savedmodel_serves_uint8_images_as_the_upscaler(build, tmp_path, capsys):
+    model = build()
+    model.save(tmp_path / "m.keras")
+    out = tmp_path / "saved"
+    assert cli_main("export", f"--model={tmp_path / 'm.keras'}", f"--output={out}") == 0
+    assert "savedmodel" in capsys.readouterr().out
+    served = tf.saved_model.load(str(out)).signatures["serving_default"]
+    images = np.stack([low_res(seed=1), low_res(seed=2)])
+    got = served(images=tf.constant(images))
+    (result,) = got.values()
+    s = model.config.scale
+    assert result.dtype == tf.uint8 and result.shape == (2, 23 * s, 31 * s, 3)
+    want = Upscaler(model, tile=None).upscale(images[1])
+    assert np.abs(result.numpy()[1].astype(int) - want).max() <= 1
+    # An existing output is kept unless --overwrite.
+    assert cli_main("export", f"--model={tmp_path / 'm.keras'}", f"--output={out}") == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_a_litert_file_matches_the_savedmodel_and_int8_is_smaller(tmp_path):
+    model = sr.build_fsrcnn(sr.FSRCNNConfig(scale=2, d=16, s=8, m=2))
+    model.save(tmp_path / "m.keras")
+    for name, extra in (("f32.tflite", ()), ("int8.tflite", ("--int8",))):
+        assert cli_main("export", f"--model={tmp_path / 'm.keras'}", "--format=litert",
+                        f"--output={tmp_path / name}", *extra) == 0
+    image = low_res(17, 19, seed=3)[None]
+    want = Upscaler(model, tile=None).upscale(image[0])
+    for name, tolerance in (("f32.tflite", 1), ("int8.tflite", 8)):
+        interpreter = tf.lite.Interpreter(model_path=str(tmp_path / name))
+        runner = interpreter.get_signature_runner("serving_default")
+        detail = interpreter.get_signature_runner("serving_default").get_input_details()
+        assert detail["images"]["dtype"] == np.uint8
+        (got,) = runner(images=image).values()
+        assert got.shape == (1, 34, 38, 3)
+        assert np.abs(got[0].astype(int) - want).max() <= tolerance, name
+    assert (tmp_path / "int8.tflite").stat().st_size < (tmp_path / "f32.tflite").stat().st_size
+
+
+def test_bad_requests_are_one_line_errors(tmp_path, capsys):
+    assert cli_main("export", "--model=fsrcnn_x9", f"--output={tmp_path / 'x'}") == 2
+    assert "no preset called" in capsys.readouterr().err
+    assert cli_main("export", "--model=fsrcnn_x3", "--int8", f"--output={tmp_path / 'y'}") == 2
+    assert "--int8 applies to --format=litert" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_the_builtin_bicubic_upscale_equals_tensorflows(scale):
+    from koala.data import pipelines
+    from koala.tasks.sr.serving import bicubic_upscale
+
+    x = tf.random.stateless_uniform((2, 7, 9, 2), seed=(scale, 1))
+    np.testing.assert_allclose(bicubic_upscale(x, scale), pipelines.bicubic_upscale(x, scale),
+                               atol=2e-6)
