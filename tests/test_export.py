@@ -71,3 +71,37 @@ def test_the_builtin_bicubic_upscale_equals_tensorflows(scale):
     x = tf.random.stateless_uniform((2, 7, 9, 2), seed=(scale, 1))
     np.testing.assert_allclose(bicubic_upscale(x, scale), pipelines.bicubic_upscale(x, scale),
                                atol=2e-6)
+
+
+def test_a_colorizer_savedmodel_holds_the_embedder_and_matches_the_tool(tmp_path,
+                                                                       mobilenet_none):
+    from koala.tasks.colorize.inference import Colorizer
+    from koala.tasks.colorize.models.fusion import fusion_small
+
+    model = fusion_small(image_size=32, embedding_dim=1000, embedder="mobilenet",
+                         embedder_weights="none")
+    model.save(tmp_path / "c.keras")
+    out = tmp_path / "saved"
+    assert cli_main("export", f"--model={tmp_path / 'c.keras'}", f"--output={out}") == 0
+    served = tf.saved_model.load(str(out)).signatures["serving_default"]
+    images = np.stack([smooth_image(45, 70, seed=4), smooth_image(45, 70, seed=5)])
+    (got,) = served(images=tf.constant(images)).values()
+    assert got.dtype == tf.uint8 and got.shape == (2, 45, 70, 3)
+    want = Colorizer(keras_load(tmp_path / "c.keras"), mobilenet_none).colorize(images[1])
+    diff = np.abs(got.numpy()[1].astype(int) - want)
+    # TensorFlow's bicubic fit instead of Pillow's: a few levels on a few pixels.
+    assert diff.mean() < 1.0 and diff.max() <= 12
+    # The colour round trip inside the graph is koala.ops.color's: L* is kept exactly.
+    from koala.ops import color
+
+    l_got = color.srgb_to_lab(got.numpy()[1] / 255.0)[..., 0].numpy()
+    l_in = color.srgb_to_lab(images[1] / 255.0)[..., 0].numpy()
+    assert np.median(np.abs(l_got - l_in)) < 0.5
+
+
+def keras_load(path):
+    import keras
+
+    import koala.registry  # noqa: F401
+
+    return keras.saving.load_model(path)

@@ -9,6 +9,8 @@ a TF Serving, LiteRT or onnxruntime user needs no koala. Signatures (all uint8, 
 any height and width):
 
   sr        serving_default: images (B, h, w, 3) -> (B, s·h, s·w, 3)
+  colorize  serving_default: images (B, H, W, 3) -> (B, H, W, 3); fusion colorizers and
+            Lal et al.'s, with their embedder and their (preset's) saturation inside
 
 ``--format=savedmodel`` writes the folder OUT; ``litert`` writes OUT (a ``.tflite`` file;
 ``--int8`` for dynamic-range quantisation: int8 weights); ``onnx`` writes OUT (a ``.onnx``
@@ -41,30 +43,39 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("overwrite", False, "Replace an existing output.", flag_values=fv)
 
 
-def server(model):
-    """The serving module of a koala model and its signatures: ``(module, {name: fn})``."""
+def server(name_or_path):
+    """The serving module of a koala model (a preset name or a .keras file) and its
+    signatures: ``(module, {name: fn})``."""
+    from koala import presets
     from koala.core.errors import KoalaError
+    from koala.tasks.colorize.inference import Colorizer
+    from koala.tasks.colorize.serving import ColorizeServer
     from koala.tasks.sr import models as sr
     from koala.tasks.sr.serving import SRServer
 
+    model = presets.load(name_or_path)
     if isinstance(model, (sr.SRCNN, sr.FSRCNN, sr.SRAutoencoder)):
         module = SRServer(model)
-        return module, {"serving_default": module.serve}
-    raise KoalaError(f"{type(model).__name__}: koala.export takes an SR model for now")
+    elif hasattr(getattr(model, "config", None), "embedding_dim"):  # fusion, Lal et al.
+        # Loaded again as a Colorizer: a preset brings its embedder and decoding.
+        module = ColorizeServer(Colorizer.load(name_or_path))
+    else:
+        raise KoalaError(f"{type(model).__name__}: koala.export serves SR models and the "
+                         f"fusion colorizers for now")
+    return module, {"serving_default": module.serve}
 
 
 def main(argv) -> int:
     fv, rest = common.parse(argv, define_flags, doc=__doc__, required=("model", "output"))
     if rest:
         return common.error(f"unexpected arguments: {rest}")
-    from koala import presets
     from koala.core import export
     from koala.core.errors import KoalaError
 
     if fv.int8 and fv.format != "litert":
         return common.error("--int8 applies to --format=litert")
     try:
-        module, signatures = server(presets.load(fv.model))
+        module, signatures = server(fv.model)
         if fv.format == "savedmodel":
             out = export.save_savedmodel(module, fv.output, signatures,
                                          overwrite=fv.overwrite)
