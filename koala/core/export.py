@@ -16,7 +16,9 @@ from pathlib import Path
 from koala.core.errors import KoalaError
 from koala.core.io import atomic_write
 
-__all__ = ["FORMATS", "ExportError", "save_savedmodel", "to_litert", "to_onnx"]
+__all__ = ["FORMATS", "ExportError", "float32_copy", "save_savedmodel", "to_litert", "to_onnx"]
+
+_MIXED = ("mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
 
 FORMATS = ("savedmodel", "litert", "onnx")
 
@@ -28,6 +30,33 @@ class ExportError(KoalaError):
 def _free_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ExportError(f"{path} exists: give another output or --overwrite")
+
+
+def _to_float32(config):
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and \
+                config.get("config", {}).get("name") in _MIXED:
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: _to_float32(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_to_float32(v) for v in config]
+    return "float32" if config in _MIXED else config
+
+
+def float32_copy(model):
+    """``model`` rebuilt from its config with every mixed-precision dtype policy float32
+    and its weights copied: LiteRT has no bfloat16 kernels. A float32 model is returned as
+    it is."""
+    import keras
+
+    config = model.get_config()
+    converted = _to_float32(config)
+    if converted == config:
+        return model
+    with keras.utils.custom_object_scope({}):
+        copy = type(model).from_config(converted)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def save_savedmodel(module, output_dir, signatures: dict, *, overwrite: bool = False) -> Path:

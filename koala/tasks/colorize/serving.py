@@ -28,7 +28,7 @@ def _fit_pad(rgb, size: int):
     """uint8 (B, H, W, 3) -> (uint8 (B, size, size, 3), (top, left, nh, nw)): the images'
     ``fit="pad"`` square (koala.ops.geometry.fit_square) and where they land in it."""
     shape = tf.shape(rgb)
-    h, w = tf.cast(shape[1], tf.float64), tf.cast(shape[2], tf.float64)
+    h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)  # LiteRT: no float64
     scale = size / tf.maximum(h, w)
     nh = tf.maximum(1, tf.cast(tf.round(h * scale), tf.int32))
     nw = tf.maximum(1, tf.cast(tf.round(w * scale), tf.int32))
@@ -40,7 +40,9 @@ def _fit_pad(rgb, size: int):
     resized = tf.cond(same, lambda: rgb, lambda: resized)  # the tool skips an equal resize
     paddings = [[0, 0], [top, size - nh - top], [left, size - nw - left], [0, 0]]
     square = tf.pad(resized, paddings, constant_values=PAD_VALUE)
-    return tf.ensure_shape(square, [None, size, size, 3]), (top, left, nh, nw)
+    # Pads held in a tensor hide the shape from the LiteRT converter: reshape restores it.
+    square = tf.reshape(square, tf.stack([tf.shape(rgb)[0], size, size, 3]))
+    return square, (top, left, nh, nw)
 
 
 class ColorizeServer(tf.Module):
