@@ -138,3 +138,26 @@ def codec_preset():
     from koala import presets
 
     return presets.resolve("codec")
+
+
+def test_onnx_is_written_or_refused_in_one_line(tmp_path, capsys):
+    import importlib.util
+
+    model = sr.build_fsrcnn(sr.FSRCNNConfig(scale=2, d=8, s=4, m=1))
+    model.save(tmp_path / "m.keras")
+    out = tmp_path / "m.onnx"
+    status = cli_main("export", f"--model={tmp_path / 'm.keras'}", "--format=onnx",
+                      f"--output={out}")
+    if importlib.util.find_spec("tf2onnx") is None:  # the default install
+        assert status == 2 and not out.exists()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "tf2onnx" in err[0] and "koala[onnx]" in err[0]
+    else:
+        import onnxruntime
+
+        assert status == 0
+        session = onnxruntime.InferenceSession(str(out))
+        image = smooth_image(11, 13, seed=7)[None]
+        (got,) = session.run(None, {session.get_inputs()[0].name: image})
+        want = Upscaler(model, tile=None).upscale(image[0])
+        assert np.abs(got[0].astype(int) - want).max() <= 1
