@@ -81,14 +81,37 @@ def test_missing_required_flag_is_named(capsys):
     assert "--output_dir" in err and "--model" not in err  # --model defaults to a preset
 
 
-def test_no_model_and_no_preset_of_the_family_is_one_line(tmp_path, capsys):
-    """colorize has no shipped preset yet: an omitted --model says so, naming the way out."""
+def test_no_model_and_no_preset_of_the_family_is_one_line(tmp_path, capsys, monkeypatch):
+    """A copy of koala without a colorize preset: an omitted --model says so, naming the way
+    out."""
     from PIL import Image
 
+    from koala import presets
+
+    empty = tmp_path / "presets.json"
+    empty.write_text('{"format": 1, "presets": []}')
+    real = presets.default
+    monkeypatch.setattr(presets, "default",
+                        lambda family, scale=None: real(family, scale=scale, index_path=empty))
     Image.new("RGB", (16, 16)).save(tmp_path / "in.png")
     assert _main(colorize, str(tmp_path / "in.png"), "-o", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert "ships no colorize preset" in err and "--model PATH" in err
+
+
+def test_colorize_with_no_model_uses_the_shipped_preset(tmp_path):
+    """The recommended preset, with the embedder weights it ships: offline, no --model."""
+    import numpy as np
+    from conftest import smooth_image
+    from PIL import Image
+
+    Image.fromarray(smooth_image(40, 56, seed=3)).save(tmp_path / "in.png")
+    assert _main(colorize, str(tmp_path / "in.png"), "-o", str(tmp_path / "out"),
+                 "--noprogress") == 0
+    out = np.asarray(Image.open(tmp_path / "out" / "in_color.png"))
+    assert out.shape == (40, 56, 3)
+    chroma = out.astype(int).max(-1) - out.astype(int).min(-1)
+    assert chroma.mean() > 1  # coloured, not the gray input
 
 
 def test_family_configs_agree_with_the_libraries():
