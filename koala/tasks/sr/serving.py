@@ -17,11 +17,10 @@ import tensorflow as tf
 
 from koala.ops import color
 from koala.tasks.sr import models as sr
-from koala.tasks.sr.inference import _sr_config
+from koala.tasks.sr.inference import _Y_UNITS, _sr_config
 
 __all__ = ["SRServer", "bicubic_upscale"]
 
-_Y_UNITS = 255.0  # the models see Y / 255 (pipelines.to_y)
 KEYS_A = -0.5  # the cubic convolution kernel of tf.image.resize "bicubic" (Keys 1981)
 _TABLE = 1024  # resize_bicubic_op.cc's kTableSize
 
