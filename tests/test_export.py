@@ -1,6 +1,9 @@
 """koala.export: serving exports (SavedModel, LiteRT) that take and return uint8 images and
 match the koala tools."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +11,8 @@ from conftest import cli_main, smooth_image
 
 from koala.tasks.sr import models as sr
 from koala.tasks.sr.inference import Upscaler
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "samples" / "Wine_by_Jakkub_Mede.jpg"
 
 
 def low_res(h=23, w=31, seed=0):
@@ -104,6 +109,50 @@ def test_a_colorizer_savedmodel_holds_the_embedder_and_matches_the_tool(tmp_path
     assert not lite.exists()
 
 
+SERVE_WITH_TF_ALONE = """
+import sys
+import tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+image = tf.io.decode_image(tf.io.read_file(sys.argv[2]), channels=3, expand_animations=False)
+(out,) = serve(images=image[None]).values()
+tf.io.write_file(sys.argv[3], tf.io.encode_png(out[0]))
+print(sorted(m for m in sys.modules if m.split(".")[0] == "koala"))
+"""
+
+
+@pytest.mark.slow
+def test_the_colorize_preset_serves_with_tensorflow_alone(tmp_path):
+    """The recommended preset (guided refinement, its ImageNet embedder) as a SavedModel: the
+    docs/tools.md command, run in a fresh process that imports no koala, gives the tool's
+    colours."""
+    import subprocess
+
+    from PIL import Image
+
+    from koala.tasks.colorize.inference import Colorizer
+
+    out = tmp_path / "colorizer"
+    assert cli_main("export", "--model=fusion_mobilenet", f"--output={out}") == 0
+    photo = tmp_path / "p.png"
+    Image.open(SAMPLE).convert("RGB").crop((0, 0, 200, 150)).save(photo)
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE_WITH_TF_ALONE)
+    done = subprocess.run([sys.executable, "-I", str(script), str(out), str(photo),
+                           str(tmp_path / "o.png")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"  # no koala module was imported
+    got = np.asarray(Image.open(tmp_path / "o.png"))
+    colorizer = Colorizer.load("fusion_mobilenet")
+    assert colorizer.refine == "guided"
+    want = colorizer.colorize(np.asarray(Image.open(photo)))
+    diff = np.abs(got.astype(int) - want)
+    assert got.shape == want.shape and diff.mean() < 1.0 and diff.max() <= 12
+    unrefined = Colorizer.load("fusion_mobilenet", refine="none").colorize(
+        np.asarray(Image.open(photo)))
+    assert diff.mean() < np.abs(unrefined.astype(int) - want).mean()  # the filter is inside
+
+
 def keras_load(path):
     import keras
 
@@ -140,24 +189,46 @@ def codec_preset():
     return presets.resolve("codec")
 
 
-def test_onnx_is_written_or_refused_in_one_line(tmp_path, capsys):
-    import importlib.util
+def test_onnx_runs_in_onnxruntime_as_the_keras_model(tmp_path, capsys):
+    import onnxruntime
 
     model = sr.build_fsrcnn(sr.FSRCNNConfig(scale=2, d=8, s=4, m=1))
     model.save(tmp_path / "m.keras")
     out = tmp_path / "m.onnx"
-    status = cli_main("export", f"--model={tmp_path / 'm.keras'}", "--format=onnx",
-                      f"--output={out}")
-    if importlib.util.find_spec("tf2onnx") is None:  # the default install
-        assert status == 2 and not out.exists()
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "tf2onnx" in err[0] and "koala[onnx]" in err[0]
-    else:
-        import onnxruntime
+    assert cli_main("export", f"--model={tmp_path / 'm.keras'}", "--format=onnx",
+                    f"--output={out}") == 0
+    assert "Traceback" not in capsys.readouterr().err  # tf2onnx's optimizer notes stay quiet
+    session = onnxruntime.InferenceSession(str(out))
+    image = smooth_image(11, 13, seed=7)[None]
+    (got,) = session.run(None, {session.get_inputs()[0].name: image})
+    want = Upscaler(model, tile=None).upscale(image[0])
+    assert got.shape == (1, 22, 26, 3) and got.dtype == np.uint8
+    assert np.abs(got[0].astype(int) - want).max() <= 1
 
-        assert status == 0
-        session = onnxruntime.InferenceSession(str(out))
-        image = smooth_image(11, 13, seed=7)[None]
-        (got,) = session.run(None, {session.get_inputs()[0].name: image})
-        want = Upscaler(model, tile=None).upscale(image[0])
-        assert np.abs(got[0].astype(int) - want).max() <= 1
+
+def test_the_codec_decoder_runs_in_onnxruntime(tmp_path):
+    import onnxruntime
+
+    out = tmp_path / "decode.onnx"
+    assert cli_main("export", "--model=codec", "--format=onnx", "--signature=decode",
+                    f"--output={out}") == 0
+    from koala.tasks.codec import inference as codec
+
+    gray = smooth_image(24, 20, seed=4)[..., 0]
+    session = onnxruntime.InferenceSession(str(out))
+    (got,) = session.run(None, {session.get_inputs()[0].name: gray[None, ..., None]})
+    _, decoder = codec.load_codec(codec_preset())
+    want = codec.decode(decoder, gray, tile=None)
+    assert np.abs(got[0].astype(int) - want).max() <= 1
+
+
+def test_onnx_without_tf2onnx_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    model = sr.build_fsrcnn(sr.FSRCNNConfig(scale=2, d=8, s=4, m=1))
+    model.save(tmp_path / "m.keras")
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import tf2onnx -> ImportError
+    out = tmp_path / "m.onnx"
+    assert cli_main("export", f"--model={tmp_path / 'm.keras'}", "--format=onnx",
+                    f"--output={out}") == 2
+    assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tf2onnx" in err[0] and "koala[onnx]" in err[0]

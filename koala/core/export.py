@@ -9,6 +9,7 @@ beside the target and renamed; a flatbuffer or ONNX file through
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -127,12 +128,19 @@ def to_onnx(function, output_file, *, opset: int = 17, overwrite: bool = False) 
     except ImportError as e:
         raise ExportError(f"ONNX export needs tf2onnx and onnx (pip install 'koala[onnx]': "
                           f"tf2onnx 1.17, onnx 1.23 install beside TensorFlow 2.21): {e}") from e
+    # tf2onnx logs a traceback when one of its graph optimizers gives up (its einsum optimizer
+    # on Keras' Dense einsums: the graph is kept as it was, correct); not the user's concern.
+    optimizer_log = logging.getLogger("tf2onnx.optimizer")
+    level = optimizer_log.level
+    optimizer_log.setLevel(logging.ERROR)
     try:
         proto, _ = tf2onnx.convert.from_function(
             function, input_signature=function.input_signature, opset=opset)
     except Exception as e:
         raise ExportError(f"tf2onnx {tf2onnx.__version__} could not convert the graph: "
                           f"{str(e).strip().splitlines()[-1][:300]}") from e
+    finally:
+        optimizer_log.setLevel(level)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, proto.SerializeToString())
     return target

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box_filter", "guided_filter"]
+__all__ = ["box_filter", "guided_filter", "guided_filter_tf"]
 
 
 def _box_sum_axis(x: np.ndarray, radius: int, axis: int) -> np.ndarray:
@@ -115,3 +115,51 @@ def guided_filter(guide, src, radius: int, eps: float) -> np.ndarray:
     b = mean_p - a * mean_i
     q = box_filter(a, radius) * i3 + box_filter(b, radius)
     return (q[:, :, 0] if squeeze else q).astype(out_dtype, copy=False)
+
+
+def _box_mean_tf(x, radius: int):
+    """TensorFlow :func:`box_filter` of (B, H, W, C) float64 over axes 1 and 2 (integral images,
+    windows clamped at the borders and divided by their pixel count)."""
+    import tensorflow as tf
+
+    def along(x, axis):
+        n = tf.shape(x)[axis]
+        cumsum = tf.cumsum(x, axis=axis, exclusive=False)
+        zero = tf.zeros_like(tf.gather(x, [0], axis=axis))
+        cumsum = tf.concat([zero, cumsum], axis=axis)  # cumsum[k] = sum of x[:k]
+        i = tf.range(n)
+        hi, lo = tf.minimum(i + radius + 1, n), tf.maximum(i - radius, 0)
+        total = tf.gather(cumsum, hi, axis=axis) - tf.gather(cumsum, lo, axis=axis)
+        count = tf.cast(hi - lo, x.dtype)
+        return total / tf.reshape(count, [-1, 1, 1] if axis == 1 else [-1, 1])
+
+    return along(along(x, 1), 2)
+
+
+def guided_filter_tf(guide, src, radius: int, eps: float):
+    """:func:`guided_filter` inside a TensorFlow graph (koala.export's served colorizer), in
+    float64 as the NumPy one; equal to it within float rounding (tests/test_guided.py).
+
+    Args:
+      guide: (B, H, W, 1) gray image in [0, 1].
+      src: (B, H, W, C), any units.
+      radius, eps: as :func:`guided_filter`.
+
+    Returns:
+      (B, H, W, C) float64.
+    """
+    import tensorflow as tf
+
+    radius = _check_radius(radius)
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    image = tf.cast(guide, tf.float64)
+    p = tf.cast(src, tf.float64)
+    mean_i = _box_mean_tf(image, radius)
+    var_i = _box_mean_tf(image * image, radius) - mean_i * mean_i
+    mean_p = _box_mean_tf(p, radius)
+    cov_ip = _box_mean_tf(image * p, radius) - mean_i * mean_p
+    a = cov_ip / (tf.maximum(var_i, 0.0) + eps)
+    b = mean_p - a * mean_i
+    return _box_mean_tf(a, radius) * image + _box_mean_tf(b, radius)
+

@@ -6,9 +6,10 @@ embedder included: each image is fitted into the network's square and the embedd
 kept, white padding; bicubic with anti-aliasing, rounded to uint8 as the tool's Pillow resize
 does), L* of the square goes through the network, the embedder sees the gray image of its
 square, the predicted a*b* are cropped to the image's region, resized bilinearly to (H, W),
-multiplied by the colorizer's saturation and joined with the full-resolution L*. The images
-of one batch share a size. Not in the graph: the guided refinement (an O(HW) box-filter
-cascade; ``refine`` must be "none"). The resize is TensorFlow's, not Pillow's: outputs
+refined by the guided filter when the colorizer's ``refine`` is "guided" (as the presets'
+decoding; :func:`koala.ops.guided.guided_filter_tf`, float64, L*/100 as guide, the tool's
+radius and ε), multiplied by the colorizer's saturation and joined with the full-resolution
+L*. The images of one batch share a size. The resize is TensorFlow's, not Pillow's: outputs
 differ from the tool's by a few levels where the fitted square's pixels round differently
 (tests/test_export.py states the tolerance).
 """
@@ -18,8 +19,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 from koala.core.errors import KoalaError
-from koala.ops import color
+from koala.ops import color, guided
 from koala.ops.geometry import PAD_VALUE
+from koala.tasks.colorize.inference import DEFAULT_EPS, DEFAULT_RADIUS
 
 __all__ = ["ColorizeServer"]
 
@@ -57,13 +59,14 @@ class ColorizeServer(tf.Module):
         if colorizer.embedder.fit_mode != "pad":
             raise KoalaError(f"embedder fit {colorizer.embedder.fit_mode!r}: the served graph "
                              f"fits images with 'pad' only")
-        if colorizer.refine != "none":
-            raise KoalaError("the served graph has no guided refinement: export with "
-                             "refine 'none'")
+        if colorizer.refine not in ("none", "guided"):
+            raise KoalaError(f"refine {colorizer.refine!r}: the served graph refines with "
+                             f"'none' or 'guided'")
         self.model = colorizer.model
         self.embedder_model = colorizer.embedder.model
         embedder = colorizer.embedder
         size, saturation = colorizer.image_size, colorizer.saturation
+        refine = colorizer.refine == "guided"
 
         def run(images):
             lightness = color.srgb_to_lab(tf.cast(images, tf.float32) / 255.0)[..., :1]
@@ -78,6 +81,9 @@ class ColorizeServer(tf.Module):
             ab = ab[:, top:top + nh, left:left + nw]
             full = tf.shape(images)[1:3]
             ab = tf.image.resize(ab, full, "bilinear", antialias=True)
+            if refine:
+                ab = tf.cast(guided.guided_filter_tf(lightness / 100.0, ab, DEFAULT_RADIUS,
+                                                     DEFAULT_EPS), tf.float32)
             rgb = color.lab_to_srgb(tf.concat([lightness, ab * saturation], axis=-1))
             return tf.cast(tf.round(tf.clip_by_value(rgb, 0.0, 1.0) * 255.0), tf.uint8)
 
