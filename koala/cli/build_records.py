@@ -94,6 +94,14 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "1: a single build.", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("worker_index", 0, "This machine's part, 0 .. --num_workers - 1.",
                          lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum("runner", "local", ["local", "beam"], "local: koala's own driver (threads "
+                      "and one embedder; fastest on one machine). beam: the same stages as an "
+                      "Apache Beam pipeline (pip install 'koala[beam]'), on the runner that "
+                      "--beam_options names (DirectRunner by default; docs/scaling.md).",
+                      flag_values=fv)
+    flags.DEFINE_multi_string("beam_options", [], "--runner=beam: a Beam pipeline option, e.g. "
+                              "--beam_options=--runner=FlinkRunner (repeat the flag for more).",
+                              flag_values=fv)
     flags.DEFINE_bool("merge", False, "Write --output_dir/manifest.json over the finished parts "
                       "of a distributed build (reads only --output_dir, --num_workers and "
                       "--max_skipped_fraction).", flag_values=fv)
@@ -136,8 +144,17 @@ def main(argv) -> int:
               + (" (RANDOM: no ImageNet semantics)" if config.embedder_weights == "none" else ""))
     recorded = {name: fv[name].value for name in ("input_dir", "output_dir", "groups",
                                                      *_CONFIG_FLAGS)}
+    if fv.beam_options and fv.runner != "beam":
+        return common.error("--beam_options apply to --runner=beam")
     try:
-        result = build_lib.build(config, flags=recorded)
+        if fv.runner == "beam":
+            from koala.data.build import beam
+
+            result = beam.build(config, flags={**recorded, "runner": "beam",
+                                               "beam_options": fv.beam_options},
+                                beam_options=fv.beam_options)
+        else:
+            result = build_lib.build(config, flags=recorded)
     except KoalaError as e:
         return common.error(str(e))
     m = result.manifest

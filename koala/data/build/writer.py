@@ -107,7 +107,15 @@ def prepare(path: str, name: str, config: BuildConfig, embed_size: int | None):
     seconds = {}
     t = time.perf_counter()
     try:
-        img = load_image(path, max_pixels=config.max_pixels)
+        if "://" in path:  # a bucket or cluster file system (the Beam driver's inputs)
+            try:
+                with tf.io.gfile.GFile(path, "rb") as f:
+                    source = f.read()
+            except tf.errors.OpError as e:
+                return Skipped(name, f"cannot read file: {e.message}")
+            img = load_image(source, max_pixels=config.max_pixels, name=path)
+        else:
+            img = load_image(path, max_pixels=config.max_pixels)
     except ImageError as e:
         return Skipped(name, e.reason)
     except Exception as e:  # a loader bug must not end a build of thousands of images
@@ -159,6 +167,31 @@ def encode_color(square):
     level = features.PNG_COMPRESSION
     return (tf.io.encode_png(tf.cast(l_q, tf.uint8), compression=level),
             tf.io.encode_png(tf.cast(ab_q, tf.uint8), compression=level))
+
+
+def color_fields_of(r: Prepared, vector) -> dict:
+    """The colour group's fields of one prepared image and its embedding vector."""
+    return {"l_png": r.l_png, "ab_png": r.ab_png,
+            "embedding": features.encode_embedding(vector)}
+
+
+def serialize(r: Prepared, fields: dict, classes: list | None) -> tuple[bytes, dict]:
+    """One prepared image as a serialized ``tf.train.Example`` (:func:`features.make_example`)
+    and the byte size of each field. ``fields``: its colour fields (:func:`color_fields_of`)
+    or {}; ``classes``: the sorted class folders with ``--labels_from=dirname``, else None."""
+    rgb = {}
+    if r.rgb is not None:
+        rgb = {"rgb": r.rgb, "rgb_height": r.rgb_height, "rgb_width": r.rgb_width}
+    if classes is not None:
+        rgb["label"] = classes.index(r.name.split("/")[0])
+    serialized = features.make_example(
+        name=printable(r.name), source_height=r.height, source_width=r.width,
+        was_grayscale=r.was_grayscale, **fields, **rgb)
+    sizes = {k: len(v) for k, v in fields.items()}
+    if r.rgb is not None:
+        sizes["rgb"] = len(r.rgb)
+    sizes["example"] = len(serialized)
+    return serialized, sizes
 
 
 class _ShardWriter:
@@ -446,24 +479,10 @@ class Builder:
             t = time.perf_counter()
             vectors = embedder.embed(np.stack([r.embed_square for r in good]))
             self.seconds["embed"] += time.perf_counter() - t
-            for fields, r, v in zip(color_fields, good, vectors, strict=False):
-                fields.update(l_png=r.l_png, ab_png=r.ab_png,
-                              embedding=features.encode_embedding(v))
+            color_fields = [color_fields_of(r, v) for r, v in zip(good, vectors, strict=True)]
         t = time.perf_counter()
         for r, fields in zip(good, color_fields, strict=False):
-            rgb = {}
-            if r.rgb is not None:
-                rgb = {"rgb": r.rgb, "rgb_height": r.rgb_height, "rgb_width": r.rgb_width}
-            if self.config.labels_from:
-                rgb["label"] = self.classes.index(r.name.split("/")[0])
-            serialized = features.make_example(
-                name=printable(r.name), source_height=r.height, source_width=r.width,
-                was_grayscale=r.was_grayscale, **fields, **rgb)
-            sizes = {k: len(v) for k, v in fields.items()}
-            if r.rgb is not None:
-                sizes["rgb"] = len(r.rgb)
-            sizes["example"] = len(serialized)
-            writer.write(serialized, sizes)
+            writer.write(*serialize(r, fields, self.classes if self.config.labels_from else None))
         self.seconds["write"] += time.perf_counter() - t
 
     def _finalize(self, plans, states, embedder, elapsed, found) -> dict:
@@ -477,46 +496,18 @@ class Builder:
             if state_name.endswith(".json") and state_name[:-5] not in keep \
                     and state_name != "config.json":
                 tf.io.gfile.remove(os.path.join(self.state_dir, state_name))
-        counts = {s: sum(x["records"] for x in shards if x["split"] == s) for s in SPLITS}
-        field_bytes = collections.Counter()
-        for s in shards:
-            field_bytes.update(s["field_bytes"])
         if embedder is not None:
             embedder_info = embedder.describe()
         elif "color" in cfg.groups:
             embedder_info = {"name": cfg.embedder, "weights": cfg.embedder_weights}
         else:
             embedder_info = None
-        manifest = {
-            "koala_version": koala.__version__,
-            "schema_version": features.SCHEMA_VERSION,
-            "created": plan_lib.now(),
-            "input_dir": os.path.abspath(cfg.input_dir),
-            "groups": list(cfg.groups),
-            "image_size": cfg.image_size,
-            "fit": cfg.fit,
-            "max_side": cfg.max_side,
-            "compression": cfg.compression,
-            "embedder": embedder_info,
-            **({"classes": list(self.classes)} if cfg.labels_from else {}),
-            "counts": counts,
-            "total_inputs": sum(len(p.names) for p in plans),
-            "skipped": [x for s in shards for x in s["skipped"]],
-            "bytes_per_example": plan_lib.per_example(field_bytes, sum(counts.values()),
-                                                      cfg.groups),
-            "precision": {
-                "l": "8-bit PNG of round(L*2.55): max round-trip error 0.196 L units",
-                "ab": "8-bit 2-channel PNG of round(ab)+128: max round-trip error 0.5",
-                "embedding": "float16: relative error <= 4.9e-4",
-                "rgb": "source bytes when a plain RGB JPEG/PNG within max_side, else "
-                       f"{cfg.rgb_codec.upper()}",
-            },
-            "shards": [{k: s[k] for k in ("file", "split", "records", "bytes", "sha256")}
-                       for s in shards],
-            "elapsed_s": round(elapsed, 2),
-            "config": cfg.as_dict(),
-            "flags": self.flags,
-        }
+        manifest = make_manifest(cfg, shards, embedder_info, self.classes,
+                                 total_inputs=sum(len(p.names) for p in plans),
+                                 elapsed=elapsed, flags=self.flags)
+        field_bytes = collections.Counter()
+        for s in shards:
+            field_bytes.update(s["field_bytes"])
         if self.part:  # what merge() checks and sums
             manifest["part"] = {"tag": self.part, "worker_index": cfg.worker_index,
                                 "num_workers": cfg.num_workers, "input_files": len(found),
@@ -525,6 +516,49 @@ class Builder:
             manifest["field_bytes"] = dict(field_bytes)
         write_json(self.manifest_path, manifest)
         return manifest
+
+
+def make_manifest(cfg: BuildConfig, shards: list[dict], embedder_info: dict | None,
+                  classes: list, *, total_inputs: int, elapsed: float, flags: dict,
+                  **extra) -> dict:
+    """The manifest of a finished build: ``shards`` are the shard states (file, split,
+    records, bytes, sha256, skipped, field_bytes), in order. Both drivers (this module's and
+    :mod:`koala.data.build.beam`) write this."""
+    counts = {s: sum(x["records"] for x in shards if x["split"] == s) for s in SPLITS}
+    field_bytes = collections.Counter()
+    for s in shards:
+        field_bytes.update(s["field_bytes"])
+    return {
+        "koala_version": koala.__version__,
+        "schema_version": features.SCHEMA_VERSION,
+        "created": plan_lib.now(),
+        "input_dir": os.path.abspath(cfg.input_dir),
+        "groups": list(cfg.groups),
+        "image_size": cfg.image_size,
+        "fit": cfg.fit,
+        "max_side": cfg.max_side,
+        "compression": cfg.compression,
+        "embedder": embedder_info,
+        **({"classes": list(classes)} if cfg.labels_from else {}),
+        "counts": counts,
+        "total_inputs": total_inputs,
+        "skipped": [x for s in shards for x in s["skipped"]],
+        "bytes_per_example": plan_lib.per_example(field_bytes, sum(counts.values()),
+                                                  cfg.groups),
+        "precision": {
+            "l": "8-bit PNG of round(L*2.55): max round-trip error 0.196 L units",
+            "ab": "8-bit 2-channel PNG of round(ab)+128: max round-trip error 0.5",
+            "embedding": "float16: relative error <= 4.9e-4",
+            "rgb": "source bytes when a plain RGB JPEG/PNG within max_side, else "
+                   f"{cfg.rgb_codec.upper()}",
+        },
+        "shards": [{k: s[k] for k in ("file", "split", "records", "bytes", "sha256")}
+                   for s in shards],
+        "elapsed_s": round(elapsed, 2),
+        "config": cfg.as_dict(),
+        "flags": flags,
+        **extra,
+    }
 
 
 def build(config: BuildConfig, flags: dict | None = None, embedder=None) -> BuildResult:
