@@ -42,6 +42,14 @@ import numpy as np
 import tensorflow as tf
 
 from koala.ops import color
+from koala.ops.colorbins_params import (  # noqa: F401  (re-exported: see __all__)
+    ANNEAL_TEMPERATURE,
+    GAMUT_RULES,
+    GRID,
+    REBALANCE_LAMBDA,
+    SIGMA,
+    SOFT_NEIGHBOURS,
+)
 
 __all__ = [
     "ANNEAL_TEMPERATURE",
@@ -59,18 +67,6 @@ __all__ = [
     "soft_encode",
 ]
 
-GRID = 10.0
-"""Bin spacing in ab units (Zhang et al.)."""
-SOFT_NEIGHBOURS = 5
-"""Nearest bins a target is soft-encoded onto."""
-SIGMA = 5.0
-"""Gaussian σ of the soft encoding and of the prior smoothing, in ab units."""
-REBALANCE_LAMBDA = 0.5
-"""Mix of the smoothed prior and the uniform distribution in the rebalancing weights."""
-ANNEAL_TEMPERATURE = 0.38
-"""Temperature of the annealed-mean decoding."""
-GAMUT_RULES = ("nearest", "adjacent")
-"""How :func:`ab_bins` decides that a grid point is in gamut (see there)."""
 
 # Gamut sampling. RGB -> Lab is a homeomorphism, so the ab projection of the solid sRGB cube
 # is the projection of its surface (a line of constant ab meets the solid in a segment whose

@@ -76,6 +76,12 @@ Departures from the paper and the authors' code:
 Weights use Keras' defaults (Glorot-uniform kernels, zero biases), as the original Keras code
 did.
 
+Backends: the regression model is Keras layers and ``keras.ops`` only, and trains with Keras'
+own steps, so it builds, trains and loads its ``.keras`` files on the JAX backend too, without
+TensorFlow (tests/test_jax_backend.py; benchmarks/gpu.py). The classification head's pieces
+(:class:`~koala.tasks.colorize.models.bins_head.AnnealedMean`, the rebalanced cross-entropy)
+and its training step are TensorFlow's, in :mod:`koala.tasks.colorize.models.bins_head`.
+
 Classification head (``head="classification"``, SPEC §5)
 --------------------------------------------------------
 Zhang, Isola & Efros 2016, "Colorful Image Colorization" (as used by Lal et al. 2017): the
@@ -121,23 +127,19 @@ import dataclasses
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from koala.ops import color, colorbins
+from koala.ops.colorbins_params import ANNEAL_TEMPERATURE, GAMUT_RULES
 
 __all__ = [
     "HEADS",
-    "AnnealedMean",
     "FusionColorizer",
     "FusionConfig",
     "FusionLayer",
     "build_fusion",
     "fusion",
     "fusion_small",
-    "num_bins",
     "parameter_count_from_table",
-    "rebalanced_cross_entropy",
 ]
 
 # The layer table, shared by the builder and by :func:`parameter_count_from_table`.
@@ -151,15 +153,18 @@ DOWNSAMPLING = 8  # three stride-2 convs
 from koala.tasks.colorize.config import HEADS  # noqa: E402
 
 """regression: ab through tanh, MSE (the paper); classification: Q bin logits (SPEC §5)."""
-CE_EPSILON = 1e-8
-"""Added to the probabilities inside the cross-entropy's log (Zhang et al.'s code)."""
+
+# The classification head's pieces need TensorFlow (koala.ops.colorbins): they live in
+# bins_head, imported when a classification head is built; their names are re-exported here.
+_HEAD_NAMES = ("AnnealedMean", "CE_EPSILON", "num_bins", "rebalanced_cross_entropy")
 
 
-def num_bins(rule: str = "nearest") -> int:
-    """Q, the number of ab bins of the classification head (262 for "nearest")."""
-    return len(colorbins.ab_bins(rule=rule))
+def __getattr__(name):
+    if name in _HEAD_NAMES:
+        from koala.tasks.colorize.models import bins_head
 
-
+        return getattr(bins_head, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 @dataclasses.dataclass(frozen=True)
 class FusionConfig:
     """Hyper-parameters of the fusion colorizer (defaults = the paper with the report's BN).
@@ -193,7 +198,7 @@ class FusionConfig:
     embedder_weights: str = "imagenet"
     embedder_fit: str = "pad"
     head: str = "regression"
-    temperature: float = colorbins.ANNEAL_TEMPERATURE
+    temperature: float = ANNEAL_TEMPERATURE
     bin_rule: str = "nearest"
     class_weights: tuple | None = None
 
@@ -212,14 +217,16 @@ class FusionConfig:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.bin_rule not in colorbins.GAMUT_RULES:
-            raise ValueError(f"bin_rule must be one of {colorbins.GAMUT_RULES}, "
+        if self.bin_rule not in GAMUT_RULES:
+            raise ValueError(f"bin_rule must be one of {GAMUT_RULES}, "
                              f"got {self.bin_rule!r}")
         if self.class_weights is not None:
             if self.head != "classification":
                 raise ValueError("class_weights apply to head='classification' only")
             # A saved config holds a JSON list: back to a tuple of floats (hashable, ==).
             weights = tuple(float(w) for w in self.class_weights)
+            from koala.tasks.colorize.models.bins_head import num_bins
+
             q = num_bins(self.bin_rule)
             if len(weights) != q:
                 raise ValueError(f"class_weights needs one weight per bin ({q} for "
@@ -267,88 +274,6 @@ class FusionLayer(keras.layers.Layer):
     def get_config(self):
         # No hyper-parameters of its own: name, dtype policy and trainable are the base's.
         return super().get_config()
-
-
-@keras.saving.register_keras_serializable(package="koala")
-class AnnealedMean(keras.layers.Layer):
-    """Decodes ab bin distributions by their annealed mean
-    (:func:`koala.ops.colorbins.annealed_mean`).
-
-    Call with probs ``(B, h, w, Q)``, non-negative, summing to 1 over Q (a softmax output);
-    returns ``(B, h, w, 2)`` ab in Lab units (not normalised), float32 (the layer computes in
-    float32 under any policy unless given another dtype). The Q bin centres are
-    ``ab_bins(rule=rule)``, rebuilt from the rule (not stored as weights). No weights.
-    """
-
-    def __init__(self, temperature: float = colorbins.ANNEAL_TEMPERATURE, rule: str = "nearest",
-                 **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if rule not in colorbins.GAMUT_RULES:
-            raise ValueError(f"rule must be one of {colorbins.GAMUT_RULES}, got {rule!r}")
-        self.temperature = float(temperature)
-        self.rule = rule
-        self._bins = colorbins.ab_bins(rule=rule)  # (Q, 2) NumPy: a constant, not a weight
-
-    def build(self, input_shape):
-        if input_shape[-1] is not None and input_shape[-1] != len(self._bins):
-            raise ValueError(f"{self.name}: expected {len(self._bins)} bin probabilities "
-                             f"(rule={self.rule!r}), got {input_shape[-1]}")
-        self.built = True
-
-    def call(self, probs):
-        return colorbins.annealed_mean(probs, self._bins, self.temperature)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], AB_CHANNELS)
-
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature, "rule": self.rule}
-
-
-def rebalanced_cross_entropy(probs, ab, *, bins, class_weights=None,
-                             neighbours: int = colorbins.SOFT_NEIGHBOURS,
-                             sigma: float = colorbins.SIGMA, epsilon: float = CE_EPSILON):
-    """Zhang et al.'s class-rebalanced multinomial cross-entropy (SPEC §5).
-
-    The target ab is average-pooled to the probabilities' grid, taken to Lab units (x 128),
-    soft-encoded onto its ``neighbours`` nearest bins with a Gaussian of σ = ``sigma``
-    (Z, :func:`koala.ops.colorbins.soft_encode`); each pixel is weighted by the class weight of
-    its most likely target bin, v = w[argmax_q Z_q]::
-
-        loss = mean over the B*h*w pixels of  -v * sum_q Z_q * log(p_q + epsilon)
-
-    computed in float32. The targets carry no gradient.
-
-    Args:
-      probs: ``(B, h, w, Q)`` predicted bin probabilities (any float dtype).
-      ab: ``(B, f*h, f*w, 2)`` target ab / 128 (koala.ops.color.normalize_ab), f a whole factor
-        (2 for the fusion model: probabilities at S/2, targets at S).
-      bins: ``(Q, 2)`` bin centres in Lab units (:func:`koala.ops.colorbins.ab_bins`).
-      class_weights: ``(Q,)`` rebalancing weights, or None for 1 everywhere.
-      neighbours, sigma: the soft encoding (Zhang et al.: 5 and 5).
-      epsilon: added inside the log.
-
-    Returns:
-      float32 scalar.
-    """
-    probs = tf.cast(probs, tf.float32)
-    ab = tf.cast(ab, tf.float32)
-    factor = ab.shape[1] // probs.shape[1] if ab.shape[1] and probs.shape[1] else None
-    if factor is None or factor * probs.shape[1] != ab.shape[1]:
-        raise ValueError(f"the target's side {ab.shape[1]} must be a whole multiple of the "
-                         f"probabilities' side {probs.shape[1]}")
-    if factor > 1:  # (B, S, S, 2) -> (B, S/f, S/f, 2)
-        ab = tf.nn.avg_pool2d(ab, factor, factor, "VALID")
-    target = tf.stop_gradient(colorbins.soft_encode(
-        ab * color.AB_SCALE, bins, k=neighbours, sigma=sigma))  # (B, h, w, Q)
-    cross_entropy = -tf.reduce_sum(target * tf.math.log(probs + epsilon), axis=-1)  # (B, h, w)
-    if class_weights is not None:
-        weights = tf.constant(np.asarray(class_weights, np.float32))
-        cross_entropy *= tf.gather(weights, tf.argmax(target, axis=-1))
-    return tf.reduce_mean(cross_entropy)
 
 
 class _Untracked:
@@ -420,6 +345,9 @@ def _fusion_graph(config: FusionConfig):
         # Classification head (SPEC §5): Q linear logits, softmax in float32 ->
         # (B, S/2, S/2, Q); annealed mean -> ab in Lab units -> / 128 -> clip to [-1, 1]
         # -> (B, S/2, S/2, 2), all float32.
+        from koala.ops import color
+        from koala.tasks.colorize.models.bins_head import AnnealedMean, num_bins
+
         q = num_bins(config.bin_rule)
         x = _conv(q, 3, "dec_logits", activation=None)(x)
         probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(x)
@@ -461,6 +389,8 @@ class FusionColorizer(keras.Model):
                 keras.Model(inputs, [probs, outputs, features], name=f"{name}_classifier"))
             self._class_trackers = [keras.metrics.Mean(name="loss"),
                                     keras.metrics.Mean(name="ab_mse")]
+            from koala.ops import colorbins
+
             weights = self.config.class_weights
             self._bins = colorbins.ab_bins(rule=self.config.bin_rule)
             self._class_weights = (None if weights is None
@@ -494,6 +424,8 @@ class FusionColorizer(keras.Model):
 
     def classification_loss(self, probs, ab):
         """:func:`rebalanced_cross_entropy` with this model's bins and class weights."""
+        from koala.tasks.colorize.models.bins_head import rebalanced_cross_entropy
+
         return rebalanced_cross_entropy(probs, ab, bins=self._bins,
                                         class_weights=self._class_weights)
 
@@ -504,6 +436,8 @@ class FusionColorizer(keras.Model):
         return list(self._class_trackers)  # reset by Keras at each epoch
 
     def _class_step(self, data, training: bool):
+        import tensorflow as tf
+
         x, ab, _ = keras.utils.unpack_x_y_sample_weight(data)
         ab = tf.cast(ab, tf.float32)
         probs, pred = self.classify(x, training=training)
@@ -512,14 +446,21 @@ class FusionColorizer(keras.Model):
         return loss, ab_mse, ab
 
     def _record(self, ab, loss, ab_mse):
+        import tensorflow as tf
+
         batch = tf.cast(tf.shape(ab)[0], tf.float32)
         for tracker, value in zip(self._class_trackers, (loss, ab_mse), strict=True):
             tracker.update_state(value, sample_weight=batch)
         return {tracker.name: tracker.result() for tracker in self._class_trackers}
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        # Keras' own step for the regression head, on any backend (JAX's takes (state, data)).
         if self.config.head != "classification":
-            return super().train_step(data)
+            return super().train_step(*args)
+        _tensorflow_only(self)
+        (data,) = args
+        import tensorflow as tf  # the classification step is TensorFlow's (GradientTape)
+
         with tf.GradientTape() as tape:
             loss, ab_mse, ab = self._class_step(data, training=True)
             # Gradients are summed over replicas under tf.distribute: average them instead.
@@ -531,11 +472,20 @@ class FusionColorizer(keras.Model):
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
         return self._record(ab, loss, ab_mse)
 
-    def test_step(self, data):
+    def test_step(self, *args):
         if self.config.head != "classification":
-            return super().test_step(data)
+            return super().test_step(*args)
+        _tensorflow_only(self)
+        (data,) = args
         loss, ab_mse, ab = self._class_step(data, training=False)
         return self._record(ab, loss, ab_mse)
+
+
+def _tensorflow_only(model) -> None:
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            f"{model.name}: the classification head trains with koala's TensorFlow step; "
+            f"on the {keras.backend.backend()} backend only the regression head trains")
 
 
 def build_fusion(config: FusionConfig) -> FusionColorizer:
@@ -570,7 +520,12 @@ def parameter_count_from_table(config: FusionConfig) -> int:
         else:
             total += conv(3, channels, config.filters(item))
             channels = config.filters(item)
-    out = AB_CHANNELS if config.head == "regression" else num_bins(config.bin_rule)
+    if config.head == "regression":
+        out = AB_CHANNELS
+    else:
+        from koala.tasks.colorize.models.bins_head import num_bins
+
+        out = num_bins(config.bin_rule)
     return total + conv(3, channels, out)
 
 
