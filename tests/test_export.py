@@ -214,12 +214,14 @@ def test_the_codec_decoder_runs_in_onnxruntime(tmp_path):
                     f"--output={out}") == 0
     from koala.tasks.codec import inference as codec
 
-    gray = smooth_image(24, 20, seed=4)[..., 0]
     session = onnxruntime.InferenceSession(str(out))
-    (got,) = session.run(None, {session.get_inputs()[0].name: gray[None, ..., None]})
     _, decoder = codec.load_codec(codec_preset())
-    want = codec.decode(decoder, gray, tile=None)
-    assert np.abs(got[0].astype(int) - want).max() <= 1
+    for h, w in ((24, 20), (25, 21)):  # a multiple of the codec's 4, and not
+        gray = smooth_image(h, w, seed=4)[..., 0]
+        (got,) = session.run(None, {session.get_inputs()[0].name: gray[None, ..., None]})
+        want = codec.decode(decoder, gray, tile=None)
+        assert got.shape == (1, h, w, 3)
+        assert np.abs(got[0].astype(int) - want).max() <= 1
 
 
 def test_onnx_without_tf2onnx_is_refused_in_one_line(tmp_path, capsys, monkeypatch):

@@ -20,7 +20,9 @@ def _run_aligned(model, x):
     """float (B, H, W, C) -> the model's output for it, padded to multiples of ALIGN by
     reflection at the bottom and right and cropped back, as uint8."""
     shape = tf.shape(x)
-    ph, pw = -shape[1] % ALIGN, -shape[2] % ALIGN
+    # (A - n % A) % A, not -n % A: tf2onnx's Mod of a negative number truncates (ONNX
+    # output cropped to a multiple of A); with non-negative operands every runtime agrees.
+    ph, pw = (ALIGN - shape[1] % ALIGN) % ALIGN, (ALIGN - shape[2] % ALIGN) % ALIGN
     padded = tf.pad(x, [[0, 0], [0, ph], [0, pw], [0, 0]], mode="REFLECT")
     # Pads held in a tensor hide the channels from the converter's shape inference, and
     # LiteRT's convolution needs them static: a reshape to (B, H', W', C) restores them.
