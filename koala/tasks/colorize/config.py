@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
+# Zhang et al.'s annealed-mean temperature and class-rebalancing λ (SPEC §5), from the bins'
+# TensorFlow-free parameters (koala.ops.colorbins re-exports the same).
+from koala.ops.colorbins_params import ANNEAL_TEMPERATURE, REBALANCE_LAMBDA
+
 DEFAULT_SATURATION = 1.2
 """SPEC §1: the report multiplies the predicted a*b* by 1.2 (raw outputs looked dull)."""
 
@@ -30,12 +34,7 @@ INFERENCE_FIT = "pad"
 
 HEADS = ("regression", "classification")
 """Fusion heads: tanh ab with MSE (SPEC §1), or Zhang et al.'s ab-bin distribution (SPEC §5)."""
-# koala.ops.colorbins.ANNEAL_TEMPERATURE and REBALANCE_LAMBDA, written out so that this
-# module imports no TensorFlow (tests/test_run_config.py checks they agree).
-ANNEAL_TEMPERATURE = 0.38
-"""Zhang et al.'s annealed-mean temperature (SPEC §5)."""
-REBALANCE_LAMBDA = 0.5
-"""Zhang et al.'s class-rebalancing λ (SPEC §5)."""
+
 PERCEPTUAL_NETS = ("vgg19", "mobilenet")
 CROPS_FROM = ("records", "rgb")
 CLASS_TARGETS = ("embedding", "labels")
