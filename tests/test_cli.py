@@ -114,6 +114,22 @@ def test_colorize_with_no_model_uses_the_shipped_preset(tmp_path):
     assert chroma.mean() > 1  # coloured, not the gray input
 
 
+@pytest.mark.parametrize("preset", ["vcnn", "lal"])
+def test_colorize_from_the_vcnn_and_lal_presets(tmp_path, preset):
+    """Liang et al.'s and Lal et al.'s presets by name, at the input's exact size."""
+    import numpy as np
+    from conftest import smooth_image
+    from PIL import Image
+
+    image = smooth_image(37, 53, seed=5)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    assert _main(colorize, str(tmp_path / "in.png"), "-o", str(tmp_path / "out"),
+                 "--model", preset, "--noprogress") == 0
+    out = np.asarray(Image.open(tmp_path / "out" / "in_color.png"))
+    assert out.shape == (37, 53, 3)
+    assert not np.array_equal(out, image)
+
+
 def test_family_configs_agree_with_the_libraries():
     """The TF-free config modules write out a few constants of the TF modules."""
     from koala.data import pipelines
