@@ -7,7 +7,7 @@ where it ran.
 
 What it prints (one table), on NumPy data of the records' shapes:
 
-  matmul peak     bf16 (n x n) @ (n x n), jitted, best of 10: TFLOP/s; the floor below
+  matmul peak     bf16 and float32 (n x n) @ (n x n), jitted, best of 10: TFLOP/s
   fusion train    the paper-size fusion colorizer (regression head, 224 px, MobileNet's
                   1000-d embedding), plain compile/fit with Adam and MSE, images/s, float32 and
                   mixed_bfloat16, --batch images a step
@@ -18,7 +18,9 @@ What it prints (one table), on NumPy data of the records' shapes:
 
 Each rate also as a fraction of its FLOP floor: a training step costs ~3x the forward
 multiply-adds x 2 FLOPs (forward, and the two backward products), an inference 1x; the floor
-is that many FLOPs at the measured bf16 peak. Mixed precision is bfloat16 (``mixed_bfloat16``).
+is that many FLOPs at the measured matmul peak (the faster of bf16 and float32: bf16 on a
+GPU's tensor cores; on a CPU XLA's bf16 matmul can be the slower). Mixed precision is
+bfloat16 (``mixed_bfloat16``).
 
 On the GPU machine (no network, no TensorFlow; JAX with CUDA installed): bring this checkout
 and wheels of Keras and the few packages it needs that JAX lacks, made on a networked machine
@@ -73,12 +75,12 @@ def conv_macs(model) -> int:
     return int(total)
 
 
-def matmul_peak(n: int) -> float:
-    """Measured bf16 matmul FLOP/s (best of 10 jitted n x n products)."""
+def matmul_peak(n: int, dtype: str = "bfloat16") -> float:
+    """Measured matmul FLOP/s in ``dtype`` (best of 10 jitted n x n products)."""
     import jax
     import jax.numpy as jnp
 
-    a = jnp.ones((n, n), jnp.bfloat16)
+    a = jnp.ones((n, n), getattr(jnp, dtype))
     f = jax.jit(lambda x, y: x @ y)
     f(a, a).block_until_ready()
     best = float("inf")
@@ -128,14 +130,18 @@ def main(argv):
     device = jax.devices()[0]
     print(f"device: {device.platform} {getattr(device, 'device_kind', '')} x{len(jax.devices())};"
           f" jax {jax.__version__}, keras {keras.__version__} ({keras.backend.backend()})")
-    peak = matmul_peak(FLAGS.matmul)
+    bf16, f32 = matmul_peak(FLAGS.matmul), matmul_peak(FLAGS.matmul, "float32")
+    # The floor uses the faster of the two: on a GPU bf16 (tensor cores); on a CPU without
+    # bf16 matmul units XLA's bf16 can be the slower one.
+    peak = max(bf16, f32)
     rng = np.random.default_rng(0)
 
     def fusion_inputs(b):
         return {"l": rng.random((b, 224, 224, 1), np.float32) * 2 - 1,
                 "embedding": rng.random((b, 1000), np.float32)}
 
-    rows = [("matmul bf16", f"{peak / 1e12:.2f} TFLOP/s", "", "")]
+    rows = [("matmul bf16", f"{bf16 / 1e12:.2f} TFLOP/s", "", ""),
+            ("matmul float32", f"{f32 / 1e12:.2f} TFLOP/s", "", "")]
     fusion_macs = conv_macs(fusion.fusion(embedding_dim=1000))
     for policy in ("float32", "mixed_bfloat16"):
         keras.mixed_precision.set_global_policy(policy)
@@ -165,7 +171,7 @@ def main(argv):
                      f"{floor_ms:.2f} ms/img", f"{floor_ms / ms:.1%}"))
     print(f"\nfusion forward: {fusion_macs / 1e9:.2f} G multiply-adds per 224 px image; "
           f"batches: fusion {FLAGS.batch}, SR {FLAGS.sr_batch}; {FLAGS.steps} timed steps\n")
-    print("| measurement | rate | FLOP floor (at the bf16 peak) | of the floor |")
+    print("| measurement | rate | FLOP floor (at the matmul peak) | of the floor |")
     print("|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
