@@ -214,6 +214,15 @@ def shown(work):
     return run
 
 
+def _result_column(gr, tab: str, label: str):
+    """A tab's output column: the full-resolution PNG result and the status line."""
+    with gr.Column():
+        result = gr.Image(label=label, type="numpy", format="png", interactive=False,
+                          elem_id=f"{tab}-result")
+        status = gr.Markdown(elem_id=f"{tab}-status")
+    return result, status
+
+
 def build(tools: Tools):
     """The page (a ``gr.Blocks``): Colorize, Upscale and Codec tabs calling ``tools``."""
     import gradio as gr
@@ -236,10 +245,7 @@ def build(tools: Tools):
                                            value=tools.saturation_of(default) if default else 1.0,
                                            elem_id="colorize-saturation")
                     button = gr.Button("Colorize", variant="primary", elem_id="colorize-button")
-                with gr.Column():
-                    result = gr.Image(label="Colorized", type="numpy", format="png",
-                                      interactive=False, elem_id="colorize-result")
-                    status = gr.Markdown(elem_id="colorize-status")
+                result, status = _result_column(gr, "colorize", "Colorized")
             preset.change(shown(tools.saturation_of), preset, saturation)
             button.click(shown(tools.colorize), [photo, preset, saturation, hints],
                          [result, status])
@@ -251,10 +257,7 @@ def build(tools: Tools):
                     scale = gr.Radio(list(SCALES), value=3, label="Factor (FSRCNN preset)",
                                      elem_id="upscale-scale")
                     button = gr.Button("Upscale", variant="primary", elem_id="upscale-button")
-                with gr.Column():
-                    result = gr.Image(label="Upscaled", type="numpy", format="png",
-                                      interactive=False, elem_id="upscale-result")
-                    status = gr.Markdown(elem_id="upscale-status")
+                result, status = _result_column(gr, "upscale", "Upscaled")
             button.click(shown(tools.upscale), [photo, scale], [result, status])
         with gr.Tab("Codec", id="codec"):
             encoded = gr.State(None)
