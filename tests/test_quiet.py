@@ -7,6 +7,7 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 from conftest import write_image
 
 from koala.cli import quiet
@@ -82,3 +83,22 @@ def test_a_tool_prints_only_its_own_lines(tmp_path):
                            str(tmp_path / "out2")], capture_output=True, text=True, env=env,
                           timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert loud.returncode == 0 and "I0000" in loud.stderr  # asked for: shown
+
+
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_build_records_prints_only_its_own_lines(tmp_path, runner):
+    """TensorFlow comes in with the build library, after the filter is up; a Beam build adds
+    no note about Google Cloud clients either."""
+    if runner == "beam":
+        pytest.importorskip("apache_beam")
+    write_image(tmp_path / "photos" / "a.png", np.full((16, 16, 3), 120, np.uint8))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "KOALA_NATIVE_LOGS")}
+    done = subprocess.run(
+        [sys.executable, "-m", "koala.build_records", f"--input_dir={tmp_path / 'photos'}",
+         f"--output_dir={tmp_path / 'out'}", "--groups=rgb", "--noprogress",
+         f"--runner={runner}"], capture_output=True, text=True, env=env, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    assert done.stdout.startswith(f"records: {tmp_path / 'out'}")

@@ -27,8 +27,6 @@ from absl import flags, logging
 
 from koala.cli import common
 from koala.core.errors import KoalaError
-from koala.data import build as build_lib
-from koala.ops import embedder as embedder_lib
 from koala.ops import geometry, images
 
 # The built-in samples live in the checkout (data/samples), beside the koala package.
@@ -37,6 +35,11 @@ SAMPLES = REPO / "data" / "samples"
 SAMPLE_RECORDS = REPO / "data" / "records" / "samples"
 
 def define_flags(fv: flags.FlagValues) -> None:
+    # TensorFlow comes with these: imported here, inside the command's native-log filter
+    # (koala.cli.quiet), not when this module is.
+    from koala.data import build as build_lib
+    from koala.ops import embedder as embedder_lib
+
     flags.DEFINE_string("input_dir", None, "Folder of images, walked recursively. "
                         "Default: the built-in samples (data/samples).", flag_values=fv)
     flags.DEFINE_string("output_dir", None, "Where shards and manifest.json go. "
@@ -130,6 +133,8 @@ _MERGE_FLAGS = ("output_dir", "num_workers", "max_skipped_fraction", "progress",
 
 def main(argv) -> int:
     fv, rest = common.parse(argv, define_flags, doc=__doc__)
+    from koala.data import build as build_lib
+
     if rest:
         return common.error(f"unexpected arguments: {rest}")
     if fv.merge:
@@ -194,6 +199,8 @@ def _status(result) -> int:
 
 def merge(fv: flags.FlagValues) -> int:
     """--merge: one manifest.json over the parts of a distributed build."""
+    from koala.data import build as build_lib
+
     extra = [f"--{name}" for name in ("input_dir", "groups", *_CONFIG_FLAGS)
              if fv[name].present and name not in _MERGE_FLAGS]
     if extra:

@@ -57,7 +57,18 @@ log = logging.getLogger(__name__)
 SUMMARY = "beam-summary"  # in the state folder: the skipped files and the field sizes
 
 
+class _QuietOptionalClients(logging.Filter):
+    """Drops Beam's import-time note that Google Cloud's clients are missing: irrelevant to a
+    pipeline that names no GCP service (Dataflow installs them on its workers)."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("apitools not found")
+
+
 def _import_beam():
+    root = logging.getLogger()
+    if not any(isinstance(f, _QuietOptionalClients) for f in root.filters):
+        root.addFilter(_QuietOptionalClients())
     try:
         import apache_beam as beam
     except ImportError as e:
