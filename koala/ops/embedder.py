@@ -70,6 +70,13 @@ def describe_weights(weights: str) -> dict:
             "sha256": digest}
 
 
+def describe_embedder(name: str, weights: str, fit: str, dim: int | None) -> dict:
+    """What :meth:`Embedder.describe` records, without building the embedder (a driver that
+    only plans work, e.g. the Beam build's, knows ``dim`` from the embeddings it got back)."""
+    return {"name": name, "input_size": EMBEDDERS[name].input_size, "dim": dim, "fit": fit,
+            **describe_weights(weights)}
+
+
 def load_application(constructor: str, weights: str, alternatives: str, *,
                      what: str = "embedder", **kwargs) -> keras.Model:
     """``keras.applications.<constructor>(**kwargs)`` with koala's weights choices, frozen.
@@ -185,8 +192,7 @@ class Embedder:
 
     def describe(self) -> dict:
         """Name, input size, output dim and weights, for manifests and logs."""
-        return {"name": self.name, "input_size": self.input_size, "dim": self.dim,
-                "fit": self.fit_mode, **describe_weights(self.weights)}
+        return describe_embedder(self.name, self.weights, self.fit_mode, self.dim)
 
 
 class Classifier:

@@ -68,6 +68,11 @@ def box_filter(x, radius: int) -> np.ndarray:
     return total / (counts if x.ndim == 2 else counts[:, :, None])
 
 
+def _check_eps(eps) -> None:
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+
+
 def _check_radius(radius) -> int:
     if isinstance(radius, bool) or int(radius) != radius or radius < 0:
         raise ValueError(f"radius must be an integer >= 0, got {radius!r}")
@@ -96,8 +101,7 @@ def guided_filter(guide, src, radius: int, eps: float) -> np.ndarray:
     if src.ndim not in (2, 3) or src.shape[:2] != guide.shape:
         raise ValueError(f"src must be (H, W) or (H, W, C) with (H, W) = {guide.shape}, "
                          f"got shape {src.shape}")
-    if not (np.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    _check_eps(eps)
     radius = _check_radius(radius)
     out_dtype = src.dtype if np.issubdtype(src.dtype, np.floating) else np.float64
     image = guide.astype(np.float64)
@@ -151,8 +155,7 @@ def guided_filter_tf(guide, src, radius: int, eps: float):
     import tensorflow as tf
 
     radius = _check_radius(radius)
-    if not (np.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    _check_eps(eps)
     image = tf.cast(guide, tf.float64)
     p = tf.cast(src, tf.float64)
     mean_i = _box_mean_tf(image, radius)

@@ -110,10 +110,10 @@ def build(config: BuildConfig, flags: dict | None = None,
         counts = collections.Counter(p.split for p in plans)
         summary = _run_pipeline(beam, config, found, classes, counts, builder.state_dir,
                                 list(beam_options))
-        shards = _shard_states(config, counts, summary)
         manifest = make_manifest(
-            config, shards, _embedder_info(config, summary), classes,
+            config, _shard_states(config, counts), _embedder_info(config, summary), classes,
             total_inputs=len(found), elapsed=time.monotonic() - start, flags=flags or {},
+            skipped=summary["skipped"], field_bytes=summary["field_bytes"],
             runner={"name": "beam", "options": list(beam_options)})
         plan_lib.write_json(os.path.join(config.output_dir, MANIFEST), manifest)
     ok, message = plan_lib.verdict(manifest, config.max_skipped_fraction, config.input_dir)
@@ -221,7 +221,6 @@ def _run_pipeline(beam, config, found, classes, counts, state_dir, options) -> d
     suffix = ".tfrecord.gz" if config.compression == "gzip" else ".tfrecord"
     compression = (beam.io.filesystem.CompressionTypes.GZIP if config.compression == "gzip"
                    else beam.io.filesystem.CompressionTypes.UNCOMPRESSED)
-    assert COMPRESSIONS[config.compression] in ("", "GZIP")
     with beam.Pipeline(options=PipelineOptions(options or ["--runner=DirectRunner"])) as p:
         listed = p | "List" >> beam.Create(sorted(found.items()))
         prepared = listed | "Prepare" >> beam.ParDo(_PrepareFn(config, embed_size)).with_outputs(
@@ -255,22 +254,18 @@ def _run_pipeline(beam, config, found, classes, counts, state_dir, options) -> d
     return summary
 
 
-def _shard_states(config: BuildConfig, counts, summary) -> list[dict]:
-    """Each written shard's state as the local driver records it (records counted back)."""
-    suffix = ".tfrecord.gz" if config.compression == "gzip" else ".tfrecord"
+def _shard_states(config: BuildConfig, counts) -> list[dict]:
+    """Each written shard's file, split, record count (read back), size and sha256."""
     shards = []
-    skipped = summary["skipped"]
     for split in SPLITS:
         for i in range(counts[split]):
-            name = f"{split}-{i:05d}-of-{counts[split]:05d}{suffix}"
+            name = plan_lib.ShardPlan(split, i, counts[split], ()).filename(config.compression)
             path = os.path.join(config.output_dir, name)
             records = sum(1 for _ in tf.data.TFRecordDataset(
                 path, compression_type=COMPRESSIONS[config.compression]))
             shards.append({"file": name, "split": split, "records": records,
                            "bytes": tf.io.gfile.stat(path).length,
-                           "sha256": plan_lib.file_sha256(path), "names": [],
-                           "skipped": skipped, "field_bytes": summary["field_bytes"]})
-            skipped, summary = [], {**summary, "field_bytes": {}}  # counted once
+                           "sha256": plan_lib.file_sha256(path)})
     return shards
 
 
@@ -279,7 +274,5 @@ def _embedder_info(config: BuildConfig, summary) -> dict | None:
     if "color" not in config.groups:
         return None
     dims = [d for d in summary["dims"] if d]
-    return {"name": config.embedder,
-            "input_size": embedder_lib.EMBEDDERS[config.embedder].input_size,
-            "dim": dims[0] if dims else None, "fit": config.fit,
-            **embedder_lib.describe_weights(config.embedder_weights)}
+    return embedder_lib.describe_embedder(config.embedder, config.embedder_weights, config.fit,
+                                          dims[0] if dims else None)

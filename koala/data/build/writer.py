@@ -502,12 +502,12 @@ class Builder:
             embedder_info = {"name": cfg.embedder, "weights": cfg.embedder_weights}
         else:
             embedder_info = None
-        manifest = make_manifest(cfg, shards, embedder_info, self.classes,
-                                 total_inputs=sum(len(p.names) for p in plans),
-                                 elapsed=elapsed, flags=self.flags)
         field_bytes = collections.Counter()
         for s in shards:
             field_bytes.update(s["field_bytes"])
+        manifest = make_manifest(cfg, shards, embedder_info, self.classes,
+                                 total_inputs=sum(len(p.names) for p in plans),
+                                 elapsed=elapsed, flags=self.flags, field_bytes=field_bytes)
         if self.part:  # what merge() checks and sums
             manifest["part"] = {"tag": self.part, "worker_index": cfg.worker_index,
                                 "num_workers": cfg.num_workers, "input_files": len(found),
@@ -520,14 +520,14 @@ class Builder:
 
 def make_manifest(cfg: BuildConfig, shards: list[dict], embedder_info: dict | None,
                   classes: list, *, total_inputs: int, elapsed: float, flags: dict,
-                  **extra) -> dict:
+                  field_bytes: dict, skipped: list | None = None, **extra) -> dict:
     """The manifest of a finished build: ``shards`` are the shard states (file, split,
-    records, bytes, sha256, skipped, field_bytes), in order. Both drivers (this module's and
-    :mod:`koala.data.build.beam`) write this."""
+    records, bytes, sha256), in order; ``field_bytes`` the bytes of each field over all
+    examples; ``skipped`` defaults to the states' own lists (the local driver keeps them per
+    shard). Both drivers (this module's and :mod:`koala.data.build.beam`) write this."""
     counts = {s: sum(x["records"] for x in shards if x["split"] == s) for s in SPLITS}
-    field_bytes = collections.Counter()
-    for s in shards:
-        field_bytes.update(s["field_bytes"])
+    if skipped is None:
+        skipped = [x for s in shards for x in s["skipped"]]
     return {
         "koala_version": koala.__version__,
         "schema_version": features.SCHEMA_VERSION,
@@ -542,7 +542,7 @@ def make_manifest(cfg: BuildConfig, shards: list[dict], embedder_info: dict | No
         **({"classes": list(classes)} if cfg.labels_from else {}),
         "counts": counts,
         "total_inputs": total_inputs,
-        "skipped": [x for s in shards for x in s["skipped"]],
+        "skipped": skipped,
         "bytes_per_example": plan_lib.per_example(field_bytes, sum(counts.values()),
                                                   cfg.groups),
         "precision": {
