@@ -15,7 +15,7 @@ from koala.core.task import ModelEntry, Task
 from koala.tasks.codec import model as codec
 from koala.tasks.codec import task as codec_task
 from koala.tasks.colorize import task as colorize_task
-from koala.tasks.colorize.models import colorgan, fusion, lal, vcnn
+from koala.tasks.colorize.models import colorgan, fusion, lal, pixcolor, vcnn
 from koala.tasks.sr import models as sr
 from koala.tasks.sr import task as sr_task
 
@@ -34,6 +34,8 @@ MODELS: dict[str, ModelEntry] = {
     "colorgan_small": ModelEntry("colorize", "colorgan", colorgan.colorgan_small),
     "vcnn": ModelEntry("colorize", "vcnn", vcnn.vcnn),
     "vcnn_small": ModelEntry("colorize", "vcnn", vcnn.vcnn_small),
+    "pixcolor": ModelEntry("colorize", "pixcolor", pixcolor.pixcolor),
+    "pixcolor_small": ModelEntry("colorize", "pixcolor", pixcolor.pixcolor_small),
     "srcnn": ModelEntry("sr", "sr", sr.srcnn),
     "srcnn_955": ModelEntry("sr", "sr", sr.srcnn_955),
     "srcnn_small": ModelEntry("sr", "sr", sr.srcnn_small),

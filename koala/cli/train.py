@@ -44,7 +44,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
     # RunConfig
     d(s, "model", "Which model to train: a name in koala.registry.MODELS (fusion, "
-      "fusion_small, lal, colorgan, srcnn, srcnn_955, fsrcnn, sr_autoencoder, codec, their "
+      "fusion_small, lal, colorgan, vcnn, pixcolor, "
+      "srcnn, srcnn_955, fsrcnn, sr_autoencoder, codec, their "
       "_small variants). Default: fusion.")
     d(s, "workdir", "Run directory: checkpoints, logs, backup, flags.txt (required).")
     d(s, "train_records", "Records directory (its train-* shards), a shard pattern, or a shard "
@@ -134,6 +135,16 @@ def define_flags(fv: flags.FlagValues) -> None:
       "1: every other step).", lower_bound=1)
     d(i, "uv_bins", "Colorize, vcnn: bins per chroma channel of the log loss (default 32).",
       lower_bound=2)
+    d(i, "pixel_layers", "Colorize, pixcolor: gated PixelCNN layers (default 20).",
+      lower_bound=1)
+    d(i, "pixel_filters", "Colorize, pixcolor: the PixelCNN's width (default 128).",
+      lower_bound=1)
+    d(i, "chroma_levels", "Colorize, pixcolor: bins per chroma channel, Cb and Cr (the paper: "
+      "32, the default).", lower_bound=2)
+    d(f, "sampling_temperature", "Colorize, pixcolor: the default sampling temperature saved "
+      "in the model (default 1).", lower_bound=0.0)
+    d(f, "refine_weight", "Colorize, pixcolor: weight of the refinement network's ab MSE in "
+      "the loss (default 1).", lower_bound=0.0)
     # SRTrainConfig
     d(e, "scale", ["2", "3", "4"], "SR: upscaling factor (default 3).")
     d(i, "patch_size", "SR: high-res patch side (SRCNN: 33, the default).", lower_bound=2)

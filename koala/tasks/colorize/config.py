@@ -44,10 +44,12 @@ CLASS_TARGETS = ("embedding", "labels")
 
 @dataclasses.dataclass(frozen=True)
 class ColorizeTrainConfig:
-    """What training a colorizer (fusion, Lal et al., ColorGAN) needs beyond the run config.
+    """What training a colorizer (fusion, Lal et al., ColorGAN, VCNN, PixColor) needs beyond
+    the run config.
 
     batch_norm:       fusion: the report's BatchNorm layers (False = the paper's code).
-    filters_scale:    fusion: multiply every filter count (None: the model's own, 1 = paper).
+    filters_scale:    fusion, vcnn, pixcolor: multiply every filter count (None: the
+                      model's own, 1 = paper).
     head:             fusion: regression or classification (Lal et al. always classifies).
     temperature:      classification: annealed-mean temperature.
     ab_prior:         classification: the records' ab bin prior (.npz); None: ab_prior.npz
@@ -63,6 +65,10 @@ class ColorizeTrainConfig:
                       Liang et al. (vcnn): random 64 px patches per image visit; steps of MSE
                       alone, then steps per loss in the MSE / log-loss alternation; bins per
                       chroma channel of the log loss (models/vcnn.py).
+    pixel_layers, pixel_filters, chroma_levels, sampling_temperature, refine_weight:
+                      PixColor (models/pixcolor.py): the gated PixelCNN's depth and width,
+                      bins per chroma channel, the default sampling temperature, and the
+                      refinement MSE's weight in the loss.
     semantic_weight:  Lal et al.: λ2 of the semantic classification term (0: none).
     class_targets:    Lal et al., λ2 > 0: "embedding" (the records' embedder softmax as soft
                       targets, distillation) or "labels" (the records' class labels).
@@ -89,6 +95,11 @@ class ColorizeTrainConfig:
     vcnn_mse_steps: int = 100
     vcnn_alternate_every: int = 1
     uv_bins: int = 32
+    pixel_layers: int = 20
+    pixel_filters: int = 128
+    chroma_levels: int = 32
+    sampling_temperature: float = 1.0
+    refine_weight: float = 1.0
 
     def __post_init__(self):
         checks = [
@@ -107,6 +118,11 @@ class ColorizeTrainConfig:
             (self.vcnn_mse_steps >= 0, "vcnn_mse_steps must be >= 0"),
             (self.vcnn_alternate_every >= 1, "vcnn_alternate_every must be >= 1"),
             (self.uv_bins >= 2, "uv_bins must be >= 2"),
+            (self.pixel_layers >= 1, "pixel_layers must be >= 1"),
+            (self.pixel_filters >= 1, "pixel_filters must be >= 1"),
+            (self.chroma_levels >= 2, "chroma_levels must be >= 2"),
+            (self.sampling_temperature > 0, "sampling_temperature must be > 0"),
+            (self.refine_weight >= 0, "refine_weight must be >= 0"),
             (self.class_targets in CLASS_TARGETS,
              f"class_targets must be one of {CLASS_TARGETS}"),
         ]

@@ -1,11 +1,12 @@
-"""Training the colorizers (fusion, Lal et al., ColorGAN, Liang et al.'s VCNN) through the
-generic trainer.
+"""Training the colorizers (fusion, Lal et al., ColorGAN, Liang et al.'s VCNN, PixColor)
+through the generic trainer.
 
 One :class:`ColorizeTask` serves them: the records give L, ab and the embedding; the
 fusion regression head compiles with MSE, the classification head and the two-player models
 (Lal et al., ColorGAN) compute their losses in their own ``train_step``. The VCNN trains on
 64 px patches of the records' RGB, in YUV (Y in, the centre's U and V out), with its own
-``train_step`` (the MSE / log-loss schedule).
+``train_step`` (the MSE / log-loss schedule). PixColor trains on the fusion records too: its
+PixelCNN on the 1/8-resolution chroma bins computed from L and ab in its ``train_step``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from koala.core.trainer import CriticLearningRate
 from koala.data import bin_prior, pipelines
 from koala.ops import color, colorbins, grid
 from koala.tasks.colorize.config import ColorizeTrainConfig
-from koala.tasks.colorize.models import vcnn
+from koala.tasks.colorize.models import pixcolor, vcnn
 from koala.tasks.colorize.models.colorgan import ColorGAN
 from koala.tasks.colorize.models.lal import LalColorizer
 
@@ -107,6 +108,20 @@ def _is_vcnn(model) -> bool:
     return isinstance(model, vcnn.VCNN)
 
 
+def _is_pixcolor(model) -> bool:
+    return isinstance(model, pixcolor.PixColor)
+
+
+def pixcolor_kwargs(run, cfg: ColorizeTrainConfig, recs) -> dict:
+    """PixColor's settings: the records' image size and embedder, and the family's flags."""
+    kw = fusion_kwargs(run, cfg, recs, head="regression")
+    kw = {k: kw[k] for k in ("image_size", "embedding_dim", "batch_norm", "embedder",
+                             "embedder_weights", "embedder_fit", "filters_scale") if k in kw}
+    return {**kw, "pixel_layers": cfg.pixel_layers, "pixel_filters": cfg.pixel_filters,
+            "chroma_levels": cfg.chroma_levels, "temperature": cfg.sampling_temperature,
+            "refine_weight": cfg.refine_weight}
+
+
 def yuv_patches(rgb):
     """(B, 64, 64, 3) sRGB patches in [0, 1] -> (Y (B, 64, 64, 1), centre UV (B, 56, 56, 2))."""
     yuv = color.rgb_to_yuv(rgb)
@@ -135,6 +150,8 @@ class ColorizeTask(TaskBase):
                                alternate_every=cfg.vcnn_alternate_every,
                                **({"filters_scale": cfg.filters_scale}
                                   if cfg.filters_scale is not None else {}))
+        if entry.variant == "pixcolor":
+            return entry.build(**pixcolor_kwargs(run, cfg, records))
         if entry.variant == "lal":  # always the classification head
             return entry.build(**fusion_kwargs(run, cfg, records, head="classification"),
                                **semantic_kwargs(run, cfg, records))
@@ -155,7 +172,7 @@ class ColorizeTask(TaskBase):
                 g_optimizer=keras.optimizers.Adam(run.learning_rate, beta_1=0.5, beta_2=0.9),
                 d_optimizer=keras.optimizers.Adam(run.learning_rate, beta_1=0.5, beta_2=0.9),
                 jit_compile=run.jit_compile)
-        elif _is_vcnn(model):  # its train_step has the MSE / log-loss schedule
+        elif _is_vcnn(model) or _is_pixcolor(model):  # their own train_step and losses
             model.compile(optimizer=optimizer, jit_compile=run.jit_compile)
         else:
             # The classification head's train_step computes its own loss.
@@ -216,7 +233,12 @@ class ColorizeTask(TaskBase):
                     for uv in (tf.zeros_like(ab), model(x, training=False), ab)]
             image = grid.make_grid(list(zip(*rows, strict=True)), height=128)
             return "gray | predicted | truth", image
-        pred = model.sample(x["l"], seed=0)[0] if _is_gan(model) else model(x, training=False)
+        if _is_gan(model):
+            pred = model.sample(x["l"], seed=0)[0]
+        elif _is_pixcolor(model):  # one sample each, seed 0
+            pred = model.sample({"l": x["l"], "embedding": x["embedding"]}, seed=0)[0]
+        else:
+            pred = model(x, training=False)
         zeros = tf.zeros_like(ab)
         gray, out, truth = (lab_batch_to_rgb(x["l"], a) for a in (zeros, pred, ab))
         image = grid.make_grid(list(zip(gray, out, truth, strict=True)), height=128)
