@@ -261,7 +261,7 @@ def test_main_in_process_writes_the_effective_flags(photos, model_path, tmp_path
     assert lines == ["--task=colorize", f"--model={model_path}", f"--images={photos}",
                      f"--output_dir={out}", "--max_images=1",
                      "--grid_height=24", "--radius=40", "--eps=0.0001",
-                     "--progress=False"]
+                     "--progress=False", "--samples=1", "--seed=0"]
     # A second run in the same process, from that flagfile, gives the same report.
     first = json.loads((out / "metrics.json").read_text())
     assert evaluate.main(["evaluate", f"--flagfile={out / 'flags.txt'}"]) == 0

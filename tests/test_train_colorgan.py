@@ -69,5 +69,5 @@ def test_a_fusion_model_refuses_samples(tmp_path):
 
     colorizer = colorize.Colorizer(fusion_small(image_size=32, embedder="mobilenet",
                                                 embedder_weights="none"))
-    with pytest.raises(KoalaError, match="only a ColorGAN"):
+    with pytest.raises(KoalaError, match="only ColorGAN and PixColor"):
         colorizer.colorize_samples(np.zeros((8, 8), np.uint8), 2, seed=0)

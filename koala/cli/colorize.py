@@ -24,7 +24,7 @@ are reported on stderr and skipped; the exit status is 1 if any image failed, 2 
 could be done (no model, no images).
 
 ``--refine=guided`` smooths the predicted a*b* with a guided filter whose guide is L*
-(SPEC §5: radius 40, ε 1e-4). A ColorGAN draws ``--samples=N`` colourings per image,
+(SPEC §5: radius 40, ε 1e-4). A ColorGAN or PixColor draws ``--samples=N`` colourings per image,
 ``<stem><suffix>_1.png ... _N.png``, from the noise seed ``(--seed, k - 1)``; a fusion model is
 deterministic and refuses ``--samples`` > 1. The library is
 :mod:`koala.tasks.colorize.inference`.
@@ -68,7 +68,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("temperature", None,
                        "Classification-head colorizers: the annealed-mean temperature (Zhang et "
                        "al.: 0.38; lower is more colourful, 1 is the mean). Default: the "
-                       "preset's recorded decoding, else the model's own.", flag_values=fv)
+                       "preset's recorded decoding, else the model's own. PixColor: the "
+                       "sampling temperature (logits / T).", flag_values=fv)
     flags.register_validator("temperature", lambda v: v is None or v > 0,
                              "--temperature must be > 0", flag_values=fv)
     flags.DEFINE_enum("refine", None, list(REFINES),
@@ -83,10 +84,11 @@ def define_flags(fv: flags.FlagValues) -> None:
                              flag_values=fv)
     flags.DEFINE_string("suffix", "_color", "Appended to each output's stem: <stem><suffix>.png.",
                         flag_values=fv)
-    flags.DEFINE_integer("samples", 1, "ColorGAN: colourings per image (SPEC §4: its noise gives "
-                         "diversity); N > 1 writes <stem><suffix>_1.png ... _N.png.",
+    flags.DEFINE_integer("samples", 1, "ColorGAN, PixColor: colourings per image (their "
+                         "noise gives diversity); N > 1 writes <stem><suffix>_1.png ... _N.png.",
                          lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "ColorGAN: noise seed; sample k uses (seed, k), so equal "
+    flags.DEFINE_integer("seed", 0, "ColorGAN, PixColor: noise seed; sample k uses (seed, "
+                         "k), so equal "
                          "seeds give equal outputs.", flag_values=fv)
     flags.DEFINE_bool("grid", False, "Also write <stem><suffix>_grid.png: input | output "
                       "(| original, for colour inputs).", flag_values=fv)
@@ -172,7 +174,7 @@ def main(argv) -> int:
     if guide_arg and not os.path.exists(guide_arg):
         return common.error(f"--{guide_option} {guide_arg}: no such file or folder")
     if guide_option and fv.samples > 1:
-        return common.error(f"--samples={fv.samples} draws several ColorGAN colourings; "
+        return common.error(f"--samples={fv.samples} draws several colourings; "
                             f"--{guide_option} gives one")
     if not guide_option and (status := common.default_model(fv, "colorize")):
         return status
@@ -188,9 +190,9 @@ def main(argv) -> int:
         if fv.model:
             colorizer = Colorizer.load(fv.model, embedder_weights=fv.embedder_weights,
                                        temperature=fv.temperature)
-        if fv.samples > 1 and not colorizer.is_gan:
+        if fv.samples > 1 and not colorizer.is_stochastic:
             raise KoalaError(f"--samples={fv.samples}: {fv.model} is a deterministic "
-                             f"fusion colorizer; only a ColorGAN draws several colourings")
+                             f"colorizer; only ColorGAN and PixColor draw several colourings")
     except KoalaError as e:
         return common.error(str(e))
     options = dict(saturation=fv.saturation, refine=fv.refine, radius=fv.radius, eps=fv.eps)
@@ -213,7 +215,7 @@ def main(argv) -> int:
             results = [user.colorize_with_hints(loaded, guide, colorizer,
                                                 threshold=fv.hint_threshold,
                                                 reach=fv.hint_reach, name=str(path), **extra)]
-        elif colorizer.is_gan:  # reproducible: the noise comes from --seed
+        elif colorizer.is_stochastic:  # reproducible: the noise comes from --seed
             results = colorizer.colorize_samples(loaded, fv.samples, fv.seed, **options)
         else:
             results = [colorizer.colorize(loaded, **options)]

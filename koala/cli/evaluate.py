@@ -45,7 +45,7 @@ from koala.tasks.colorize.config import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SAT
 TASK_FLAGS = {
     "colorize": ("task", "model", "images", "output_dir", "max_images", "saturation",
                  "embedder_weights", "grid_height", "refine", "radius", "eps", "progress",
-                 "semantic_weights", "temperature"),
+                 "semantic_weights", "temperature", "samples", "seed"),
     "sr": ("task", "model", "images", "scale", "output_dir", "max_images", "crop_size",
            "progress"),
     "codec": ("task", "model", "images", "output_dir", "max_images", "jpeg_quality",
@@ -69,10 +69,17 @@ def define_flags(fv: flags.FlagValues) -> None:
                        f"each model's own (a preset's recorded decoding, else SPEC §1's "
                        f"{DEFAULT_SATURATION}).", lower_bound=0.0, flag_values=fv)
     flags.DEFINE_float("temperature", None, "colorize: annealed-mean temperature of the "
-                       "classification-head models (Zhang et al.: 0.38); the others ignore it. "
+                       "classification-head models (Zhang et al.: 0.38), PixColor's sampling "
+                       "temperature; the others ignore it. "
                        "Default: each model's own.", flag_values=fv)
     flags.register_validator("temperature", lambda v: v is None or v > 0,
                              "--temperature must be > 0", flag_values=fv)
+    flags.DEFINE_integer("samples", None, "colorize: colourings per image from the "
+                         "stochastic models (ColorGAN, PixColor): their rows become means over "
+                         "the samples, plus best-of-N PSNR, diversity and seconds per sample "
+                         "(default 1).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("seed", None, "colorize, --samples: sample k draws from (seed, k) "
+                         "(default 0).", flag_values=fv)
     flags.DEFINE_string("semantic_weights", None, "colorize: the semantic check (Zhang et al. "
                         "2016): top-1/top-5 agreement of a MobileNet ImageNet classifier "
                         "between each output and the colour photo; its weights file (e.g. "
@@ -126,7 +133,7 @@ def _colorize(fv: flags.FlagValues):
         models=tuple(fv.model), images=fv.images,
         **_given(fv, "output_dir", "max_images", "saturation", "embedder_weights",
                  "grid_height", "progress", "refine", "radius", "eps", "semantic_weights",
-                 "temperature"))
+                 "temperature", "samples", "seed"))
 
 
 def _sr(fv: flags.FlagValues):

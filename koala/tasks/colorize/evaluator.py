@@ -21,6 +21,12 @@ tests), the semantic check of Zhang et al. 2016: the classifier
 class is among the output's top 5. Their means are the agreement rates: a colorizer that
 restores meaningful colour moves them above the gray baseline's.
 
+With ``samples`` N > 1, a stochastic model (ColorGAN, PixColor) draws N colourings of every
+image from ``seed`` (sample k from ``(seed, k)``); its row holds the means over the samples,
+and three more columns: ``psnr_best`` (the best sample's PSNR, best-of-N), ``diversity``
+(the mean pairwise a*b* distance between the samples, Lab units, over pixels and pairs) and
+``seconds_per_sample`` (wall time of the N colourings / N). grid.png shows sample 1.
+
 With ``refine=("none", "guided")`` every model gets a second row ``<model>+guided``, its output
 through SPEC §5's guided filter. The loop, the inputs check and the file writing are
 :mod:`koala.core.evaluation`'s.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -55,7 +62,11 @@ RESERVED_NAMES = fmt.IMAGE_KEYS | {"truth_colorfulness", GRAY, TRUTH}
 
 METRICS = ("psnr", "ssim", "colorfulness", "delta_e00")
 SEMANTIC_METRICS = ("top1", "top5")
+SAMPLE_METRICS = ("psnr_best", "diversity", "seconds_per_sample")
 _TITLES = {
+    "psnr_best": "Best-of-N PSNR (dB, the best sample of each image)",
+    "diversity": "Diversity: mean pairwise a*b* distance between samples",
+    "seconds_per_sample": "Seconds per sample (wall time of N colourings / N)",
     "top1": "Top-1 agreement with the colour photo's class (semantic check)",
     "top5": "The colour photo's class in the top 5 (semantic check)",
     "psnr": "PSNR (dB, higher is better)",
@@ -70,6 +81,16 @@ SEMANTIC_VARIANTS = {
             "image fitted into 224 px with white padding); the mean is the agreement rate",
     "top5": "1 if the classifier's top-1 class on the colour photo is among its top 5 on "
             "the output, else 0",
+}
+
+SAMPLE_VARIANTS = {
+    "psnr_best": "samples > 1: the highest PSNR among an image's N samples (best-of-N); "
+                 "the stochastic model's psnr, ssim, colorfulness, delta_e00 are means over "
+                 "its samples",
+    "diversity": "samples > 1: mean over sample pairs and pixels of the Euclidean a*b* "
+                 "distance (CIE Lab units) between two samples of the same image",
+    "seconds_per_sample": "samples > 1: wall-clock seconds of colorize_samples(N) / N, "
+                          "including the embedder and the full-resolution output",
 }
 
 METRIC_VARIANTS = {
@@ -134,8 +155,12 @@ class ColorizeEvalConfig:
     radius: int = DEFAULT_RADIUS
     eps: float = DEFAULT_EPS
     semantic_weights: str | None = None
+    samples: int = 1
+    seed: int = 0
 
     def __post_init__(self):
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
         if not self.models:
             raise ValueError("at least one model is needed")
         object.__setattr__(self, "refine", tuple(dict.fromkeys(self.refine)))
@@ -180,6 +205,8 @@ def colorize_report(
     progress: bool = False,
     on_image: ImageCallback | None = None,
     classifier=None,
+    samples: int = 1,
+    seed: int = 0,
 ) -> dict:
     """Evaluates colorizers and the gray baseline on image files; the core of the colorize task.
 
@@ -202,6 +229,9 @@ def colorize_report(
       classifier: None, or anything with ``probabilities(uint8 image) -> (classes,)``
         (:class:`koala.ops.embedder.Classifier`): adds ``top1`` and ``top5`` to every method
         (the semantic check, see the module docstring).
+      samples, seed: N > 1 draws N colourings per image from every colorizer whose
+        ``is_stochastic`` is true (``colorize_samples(image, N, seed)``) and adds
+        :data:`SAMPLE_METRICS` (None for the others; see the module docstring).
 
     Returns:
       ``{"task": "colorize", "images": N, "methods": ["gray", *models], "saturation",
@@ -217,28 +247,47 @@ def colorize_report(
     """
     fmt.check_names(colorizers, RESERVED_NAMES)
     methods = [GRAY, *colorizers]
-    keys = METRICS + (SEMANTIC_METRICS if classifier is not None else ())
+    keys = (METRICS + (SAMPLE_METRICS if samples > 1 else ())
+            + (SEMANTIC_METRICS if classifier is not None else ()))
 
-    def score(name: str, truth: np.ndarray) -> dict:
-        evaluation.check_scorable(*truth.shape[:2])
-        outputs = {GRAY: gray_baseline(truth)}
-        for model_name, colorizer in colorizers.items():
-            output = np.asarray(colorizer.colorize(truth, saturation=saturation))
+    def draw(model_name, colorizer, truth, name) -> tuple[list[np.ndarray], float | None]:
+        start = time.perf_counter()
+        if samples > 1 and getattr(colorizer, "is_stochastic", False):
+            drawn = colorizer.colorize_samples(truth, samples, seed)
+        else:
+            drawn = [colorizer.colorize(truth, saturation=saturation)]
+        seconds = (time.perf_counter() - start) / len(drawn)
+        drawn = [np.asarray(d) for d in drawn]
+        for output in drawn:
             if output.shape != truth.shape:
                 raise ValueError(f"model {model_name!r} returned shape {output.shape} for "
                                  f"{name} of shape {truth.shape}")
-            outputs[model_name] = output
+        return drawn, seconds if len(drawn) > 1 else None
+
+    def score(name: str, truth: np.ndarray) -> dict:
+        evaluation.check_scorable(*truth.shape[:2])
+        outputs, timings = {GRAY: [gray_baseline(truth)]}, {GRAY: None}
+        for model_name, colorizer in colorizers.items():
+            outputs[model_name], timings[model_name] = draw(model_name, colorizer, truth, name)
         entry = {"name": name, "width": int(truth.shape[1]), "height": int(truth.shape[0]),
                  "truth_colorfulness": metrics.colorfulness(truth)}
-        entry.update({m: _method_metrics(truth, outputs[m]) for m in methods})
-        if classifier is not None:
-            label = int(np.argmax(classifier.probabilities(truth)))
-            for m in methods:
-                top5 = np.argsort(classifier.probabilities(outputs[m]))[::-1][:5]
-                entry[m]["top1"] = float(top5[0] == label)
-                entry[m]["top5"] = float(label in top5)
+        label = (int(np.argmax(classifier.probabilities(truth)))
+                 if classifier is not None else None)
+        for m in methods:
+            scores = [_method_metrics(truth, out) for out in outputs[m]]
+            if classifier is not None:
+                for out, one in zip(outputs[m], scores, strict=True):
+                    top5 = np.argsort(classifier.probabilities(out))[::-1][:5]
+                    one.update(top1=float(top5[0] == label), top5=float(label in top5))
+            entry[m] = {k: evaluation.mean(one[k] for one in scores) for k in scores[0]}
+            if samples > 1:
+                several = len(outputs[m]) > 1
+                entry[m].update(
+                    psnr_best=max(one["psnr"] for one in scores) if several else None,
+                    diversity=diversity(outputs[m]) if several else None,
+                    seconds_per_sample=timings[m])
         if on_image is not None:
-            on_image(name, [*(outputs[m] for m in methods), truth])
+            on_image(name, [*(outputs[m][0] for m in methods), truth])
         return entry
 
     per_image, skipped = evaluation.score_images(image_paths, score, root=root,
@@ -251,11 +300,25 @@ def colorize_report(
         "methods": methods,
         "saturation": None if saturation is None else float(saturation),
         "metric_variants": {**METRIC_VARIANTS,
+                            **(SAMPLE_VARIANTS if samples > 1 else {}),
                             **(SEMANTIC_VARIANTS if classifier is not None else {})},
+        **({"samples": samples, "seed": seed} if samples > 1 else {}),
         "per_image": per_image,
         "mean": mean,
         "skipped": skipped,
     }
+
+
+def diversity(outputs: Sequence[np.ndarray]) -> float:
+    """Mean pairwise a*b* distance (CIE Lab units) between uint8 (H, W, 3) colourings of one
+    image: over the pairs, the mean over pixels of the Euclidean distance in a*b*."""
+    from koala.ops import color
+
+    ab = [color.srgb_to_lab(np.asarray(o, np.float32) / 255.0).numpy()[..., 1:] for o in outputs]
+    pairs = [(i, j) for i in range(len(ab)) for j in range(i + 1, len(ab))]
+    if not pairs:
+        raise ValueError("diversity needs at least two colourings")
+    return float(np.mean([np.sqrt(((ab[i] - ab[j]) ** 2).sum(-1)).mean() for i, j in pairs]))
 
 
 def colorize_markdown(report: dict) -> str:
@@ -272,7 +335,8 @@ def colorize_markdown(report: dict) -> str:
         *fmt.mean_section(report),
     ]
     semantic = SEMANTIC_METRICS if "top1" in report["mean"][GRAY] else ()
-    for key in METRICS + semantic:
+    sampled = SAMPLE_METRICS if "diversity" in report["mean"][GRAY] else ()
+    for key in METRICS + sampled + semantic:
         extra = (TRUTH, "truth_colorfulness") if key == "colorfulness" else None
         lines += [f"## {_TITLES[key]}", "",
                   *fmt.per_image_table(report, report["methods"], key, extra=extra), ""]
@@ -295,10 +359,18 @@ class _Refined:
     radius: int
     eps: float
 
+    @property
+    def is_stochastic(self) -> bool:
+        return self.colorizer.is_stochastic
+
     def colorize(self, image, *, saturation=None):
         # The model's own saturation (set when it was loaded): several models may differ.
         return self.colorizer.colorize(image, refine=self.refine,
                                        radius=self.radius, eps=self.eps)
+
+    def colorize_samples(self, image, samples: int, seed: int):
+        return self.colorizer.colorize_samples(image, samples, seed, refine=self.refine,
+                                               radius=self.radius, eps=self.eps)
 
 
 def run(config: ColorizeEvalConfig) -> dict:
@@ -346,7 +418,8 @@ def run(config: ColorizeEvalConfig) -> dict:
         rep = colorize_report(colorizers, paths, root=root,
                               saturation=shared.pop() if len(shared) == 1 else None,
                               max_images=config.max_images, progress=config.progress,
-                              on_image=on_image, classifier=classifier)
+                              on_image=on_image, classifier=classifier,
+                              samples=config.samples, seed=config.seed)
         rep["saturations"] = {n: d["saturation"] for n, d in decodings.items()}
         rep["temperatures"] = {n: d["temperature"] for n, d in decodings.items()
                                if d["temperature"] is not None}

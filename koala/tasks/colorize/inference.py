@@ -50,7 +50,7 @@ from koala.tasks.colorize.config import (  # noqa: F401  (re-exported)
     INFERENCE_FIT,
     REFINES,
 )
-from koala.tasks.colorize.models import colorgan, fusion, lal, vcnn
+from koala.tasks.colorize.models import colorgan, fusion, lal, pixcolor, vcnn
 from koala.tasks.colorize.models.colorgan import ColorGANConfig
 from koala.tasks.colorize.models.fusion import FusionConfig
 
@@ -169,20 +169,27 @@ class Colorizer:
                  embedder_weights: str | None = None, saturation: float | None = None,
                  temperature: float | None = None):
         config = getattr(model, "config", None)
-        if not isinstance(config, (FusionConfig, ColorGANConfig, vcnn.VCNNConfig)):
+        if not isinstance(config, (FusionConfig, ColorGANConfig, vcnn.VCNNConfig,
+                                   pixcolor.PixColorConfig)):
             raise KoalaError(
                 f"{type(model).__name__} is not a koala colorizer (no FusionConfig, "
-                f"ColorGANConfig or VCNNConfig)"
+                f"ColorGANConfig, VCNNConfig or PixColorConfig)"
             )
         self.model = model
         self.config = config
         self.saturation = DEFAULT_SATURATION if saturation is None else float(saturation)
         _check_saturation(self.saturation)
-        if temperature is not None:
+        self.sampling_temperature = getattr(config, "temperature", None)
+        if temperature is not None and isinstance(config, pixcolor.PixColorConfig):
+            if not temperature > 0:
+                raise ValueError(f"temperature must be > 0, got {temperature}")
+            self.sampling_temperature = float(temperature)
+        elif temperature is not None:
             _set_temperature(model, temperature)
         self.image_size = size = config.image_size
         self.is_gan = isinstance(config, ColorGANConfig)
         self.is_vcnn = isinstance(config, vcnn.VCNNConfig)
+        self.is_pixcolor = isinstance(config, pixcolor.PixColorConfig)
         self.refine = "guided" if self.is_vcnn else "none"  # the VCNN paper always refines
         if self.is_gan or self.is_vcnn:  # no embedder (GAN: noise from a seed, _network_ab)
             self.embedder = None
@@ -208,8 +215,15 @@ class Colorizer:
     @property
     def temperature(self) -> float | None:
         """The classification head's annealed-mean temperature; None for other models."""
+        if self.is_pixcolor:  # the sampling temperature
+            return self.sampling_temperature
         layers = _annealed_means(self.model)
         return layers[0].temperature if layers else None
+
+    @property
+    def is_stochastic(self) -> bool:
+        """Whether the model draws several different colourings (ColorGAN, PixColor)."""
+        return self.is_gan or self.is_pixcolor
 
     def _call_model(self, l, embedding):
         return self.model({"l": l, "embedding": embedding}, training=False)
@@ -229,8 +243,8 @@ class Colorizer:
         from koala import presets
 
         model = models.load(path, (fusion.FusionColorizer, colorgan.ColorGAN, lal.LalColorizer,
-                                   vcnn.VCNN),
-                            "a koala colorizer (fusion, Lal et al., ColorGAN or VCNN)")
+                                   vcnn.VCNN, pixcolor.PixColor),
+                            "a koala colorizer (fusion, Lal et al., ColorGAN, VCNN or PixColor)")
         decoding = presets.decoding(path)
         if saturation is None:
             saturation = decoding.get("saturation")
@@ -266,14 +280,18 @@ class Colorizer:
         """The network's (S, S, 2) a*b* in Lab units for the image fitted into its square:
         one prediction, or ``samples`` ColorGAN samples drawn from ``seed``. A ColorGAN's
         single prediction is its sample from seed 0, so results are reproducible."""
-        if self.is_gan and samples is None:
+        if self.is_stochastic and samples is None:
             samples, seed = 1, 0
         size = self.image_size
         square = geometry.fit_square(rgb, size, INFERENCE_FIT)  # (S, S, 3), white padding
         l = color.normalize_l(_lightness(square))[None]  # (1, S, S, 1) in [-1, 1]
-        if samples is not None:
+        if self.is_gan:
             return [color.denormalize_ab(ab[0]) for ab in self.model.sample(l, seed, samples)]
         embedding = self.embedder.embed(self.embedder.fit(rgb)[None])  # (1, D)
+        if self.is_pixcolor:
+            inputs = {"l": l, "embedding": tf.constant(embedding, tf.float32)}
+            drawn = self.model.sample(inputs, seed, samples, self.sampling_temperature)
+            return [color.denormalize_ab(ab[0]) for ab in drawn]
         return [color.denormalize_ab(self._forward(l, tf.constant(embedding)))[0]]
 
     def _predict(self, rgb, refine, radius, eps, samples, seed=0) -> list[np.ndarray]:
@@ -303,15 +321,16 @@ class Colorizer:
                          radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS
                          ) -> list[np.ndarray]:
         """``samples`` different colourings of one image from a ColorGAN (its noise map gives
-        the diversity, SPEC §4); sample k uses noise drawn from ``(seed, k)``, so equal seeds
-        give equal outputs. Arguments as :meth:`colorize`.
+        the diversity, SPEC §4) or PixColor (its PixelCNN's samples, SPEC §5); sample k uses
+        noise drawn from ``(seed, k)``, so equal seeds give equal outputs. Arguments as
+        :meth:`colorize`.
 
         Raises:
-          KoalaError: the model is not a ColorGAN (a fusion model has no noise to sample).
+          KoalaError: the model is deterministic (a fusion model has no noise to sample).
         """
-        if not self.is_gan:
-            raise KoalaError(f"{type(self.model).__name__} is deterministic: only a ColorGAN "
-                             f"draws several colourings (samples={samples})")
+        if not self.is_stochastic:
+            raise KoalaError(f"{type(self.model).__name__} is deterministic: only ColorGAN and "
+                             f"PixColor draw several colourings (samples={samples})")
         saturation = self.saturation if saturation is None else saturation
         refine = self.refine if refine is None else refine
         _check_saturation(saturation)
@@ -370,7 +389,7 @@ def _annealed_means(model) -> list:
 
 
 def _has_temperature(model) -> bool:
-    return bool(_annealed_means(model))
+    return isinstance(model, pixcolor.PixColor) or bool(_annealed_means(model))
 
 
 def _set_temperature(model, temperature: float) -> None:

@@ -53,7 +53,7 @@ class ColorizeServer(tf.Module):
 
     def __init__(self, colorizer):
         super().__init__(name="koala_colorize")
-        if colorizer.is_gan or colorizer.is_vcnn or colorizer.embedder is None:
+        if (colorizer.is_stochastic or colorizer.is_vcnn or colorizer.embedder is None):
             raise KoalaError(f"{type(colorizer.model).__name__}: koala.export serves the fusion "
                              f"colorizers (and Lal et al.'s) for now")
         if colorizer.embedder.fit_mode != "pad":
