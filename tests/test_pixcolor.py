@@ -106,6 +106,10 @@ def test_keras_round_trip_gives_the_same_samples(model, tmp_path):
     inputs = _inputs()
     np.testing.assert_allclose(loaded.sample(inputs, 2, 2).numpy(),
                                model.sample(inputs, 2, 2).numpy(), atol=1e-6)
+    # Plain Keras: predict gives one colouring (sample 0 of seed 0) per image, ab/128.
+    ab = loaded.predict({k: v.numpy() for k, v in inputs.items()}, batch_size=1, verbose=0)
+    assert ab.shape == (2, 48, 48, 2) and np.abs(ab).max() <= 1
+    np.testing.assert_allclose(ab, model.sample(inputs, 0, 1).numpy()[0], atol=1e-5)
 
 
 @pytest.fixture(scope="module")

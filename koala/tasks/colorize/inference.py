@@ -23,7 +23,10 @@ as guide (its paper's pipeline, so ``refine`` defaults to "guided" for it), join
 
 A ColorGAN model (:mod:`koala.tasks.colorize.models.colorgan`) needs no embedder; its noise
 map makes colourings differ (:meth:`Colorizer.colorize_samples`, sample k from the seed
-``(seed, k)``). A fusion model is deterministic.
+``(seed, k)``). PixColor (:mod:`koala.tasks.colorize.models.pixcolor`) uses the embedder like a
+fusion model and samples its 28×28 chroma from ``(seed, k)`` the same way, at
+``temperature`` (its sampling temperature); its single :meth:`Colorizer.colorize` is sample 0
+of seed 0. A fusion model is deterministic.
 
 Library use::
 
@@ -155,7 +158,8 @@ class Colorizer:
       embedder_weights: with ``embedder=None``, weights that replace the recorded ones
         (``"imagenet"``, ``"none"`` or a local file), e.g. where the recorded file is elsewhere.
       saturation: the default factor on the predicted a*b* of :meth:`colorize` (None: SPEC §1's
-        1.2; a preset records its own, picked on held-out photos).
+        1.2, or 1.0 for PixColor, whose samples are not pulled to the mean; a preset records
+        its own, picked on held-out photos).
       temperature: the annealed-mean temperature of a classification head (Zhang et al.;
         None: the model's own); an error for a model without one.
 
@@ -177,7 +181,9 @@ class Colorizer:
             )
         self.model = model
         self.config = config
-        self.saturation = DEFAULT_SATURATION if saturation is None else float(saturation)
+        # SPEC §1's 1.2 offsets a regression's pull to the mean; PixColor's samples have none.
+        default = 1.0 if isinstance(config, pixcolor.PixColorConfig) else DEFAULT_SATURATION
+        self.saturation = default if saturation is None else float(saturation)
         _check_saturation(self.saturation)
         self.sampling_temperature = getattr(config, "temperature", None)
         if temperature is not None and isinstance(config, pixcolor.PixColorConfig):
