@@ -194,3 +194,37 @@ def test_evaluate_reports_samples_diversity_and_timing(trained, tmp_path):
         assert entry[name]["psnr_best"] >= entry[name]["psnr"]
     text = (tmp_path / "eval" / "metrics.md").read_text()
     assert "Diversity" in text and "Best-of-N" in text
+
+
+def test_the_refinement_retrains_alone_from_a_run(trained, records, tmp_path):  # noqa: F811
+    workdir = tmp_path / "refine"
+    proc = _cli("--flagfile=experiments/smoke_pixcolor.flags", f"--train_records={records}",
+                f"--workdir={workdir}", "--pixcolor_train=refine", "--epochs=1",
+                f"--init_from={trained / 'last.keras'}", "--init_skip=refine_net")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(workdir / "log.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert "nll" not in row and np.isfinite(float(row["refine_mse"]))
+    source = keras.saving.load_model(trained / "last.keras")
+    result = keras.saving.load_model(workdir / "last.keras")
+    for part in ("cond_net", "pixelcnn"):  # copied and frozen
+        for a, b in zip(getattr(source, part).weights, getattr(result, part).weights,
+                        strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    fresh = [not np.array_equal(a.numpy(), b.numpy()) for a, b in
+             zip(source.refine_net.trainable_weights, result.refine_net.trainable_weights,
+                 strict=True)]
+    assert all(fresh)  # re-initialised and trained, not copied
+    bad = _cli("--flagfile=experiments/smoke_pixcolor.flags", f"--train_records={records}",
+               f"--workdir={tmp_path / 'bad'}", f"--init_from={trained / 'last.keras'}",
+               "--init_skip=no_such_layer")
+    assert bad.returncode != 0 and "no_such_layer" in bad.stderr
+
+
+def test_a_version_1_refinement_still_loads():
+    config = pc.pixcolor_small(image_size=32, embedding_dim=8).get_config()
+    config.pop("refine_version")
+    old = pc.PixColor.from_config(config)
+    assert old.config.refine_version == 1
+    names = {layer.name for layer in old.refine_net.layers}
+    assert "skip" not in names and "dec_bn1" not in names

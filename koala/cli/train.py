@@ -92,6 +92,8 @@ def define_flags(fv: flags.FlagValues) -> None:
       "layer (same names and shapes; every layer with weights must match), e.g. FSRCNN's x3 "
       "network fine-tuned for x2 or x4 as in its paper. Default: fresh weights. A resumed "
       "run restores its backup instead.")
+    d(flags.DEFINE_list, "init_skip", "Layers that --init_from does not copy: they keep their "
+      "fresh initialisation (e.g. --init_skip=refine_net retrains PixColor's refinement).")
     # ColorizeTrainConfig
     d(b, "batch_norm", "Colorize (fusion): the report's BatchNorm layers (default true; "
       "false = the paper's original code).")
@@ -143,6 +145,9 @@ def define_flags(fv: flags.FlagValues) -> None:
       "32, the default).", lower_bound=2)
     d(f, "sampling_temperature", "Colorize, pixcolor: the default sampling temperature saved "
       "in the model (default 1).", lower_bound=0.0)
+    d(e, "pixcolor_train", ["all", "refine"], "Colorize, pixcolor: train all three networks "
+      "(default), or the refinement alone, the others frozen (with --init_from and "
+      "--init_skip=refine_net).")
     d(f, "refine_weight", "Colorize, pixcolor: weight of the refinement network's ab MSE in "
       "the loss (default 1).", lower_bound=0.0)
     # SRTrainConfig

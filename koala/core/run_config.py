@@ -43,6 +43,8 @@ class RunConfig:
                          layer (:func:`koala.core.trainer.warm_start`; FSRCNN's paper trains
                          x3 and fine-tunes it for x2 and x4); None: fresh initialisation. A
                          resumed run restores its backup instead.
+    init_skip:           layers of the model that --init_from does not copy (they keep their
+                         fresh initialisation), e.g. a part being retrained.
     """
 
     workdir: str
@@ -72,9 +74,11 @@ class RunConfig:
     momentum: float = 0.9
     last_layer_lr_scale: float = 1.0
     init_from: str | None = None
+    init_skip: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "lr_boundaries", tuple(int(b) for b in self.lr_boundaries))
+        object.__setattr__(self, "init_skip", tuple(str(n) for n in self.init_skip))
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),

@@ -319,11 +319,11 @@ def val_batch(run: RunConfig, val_source, val_split, replicas: int) -> int | Non
     return batch
 
 
-def warm_start(model: keras.Model, source: str) -> dict:
+def warm_start(model: keras.Model, source: str, skip=()) -> dict:
     """Copies the weights of the model saved at ``source`` (a ``.keras`` path or a preset
     name) into ``model``, layer by layer by name: FSRCNN's transfer from x3 to x2 and x4,
-    whose layers have the same shapes at every scale. Returns ``{"path", "sha256"}`` of the
-    source for run.json.
+    whose layers have the same shapes at every scale. The layers named in ``skip`` keep their
+    fresh weights. Returns ``{"path", "sha256"}`` of the source (and ``skipped``) for run.json.
 
     Raises:
       KoalaError: the source does not load, or a layer of ``model`` that has weights is
@@ -333,8 +333,11 @@ def warm_start(model: keras.Model, source: str) -> dict:
     other = {layer.name: layer for layer in
              saving.load(path, (keras.Model,), "a Keras model").layers}
     pairs, problems = [], []
+    unknown = sorted(set(skip) - {layer.name for layer in model.layers})
+    if unknown:
+        raise KoalaError(f"--init_skip: {model.name} has no layer {', '.join(unknown)}")
     for layer in model.layers:
-        if not layer.weights:
+        if not layer.weights or layer.name in skip:
             continue
         src = other.get(layer.name)
         shapes = [tuple(w.shape) for w in layer.weights]
@@ -351,7 +354,8 @@ def warm_start(model: keras.Model, source: str) -> dict:
     for layer, src in pairs:
         layer.set_weights(src.get_weights())
     log.info("weights of %d layers from %s", len(pairs), path)
-    return {"path": path, "sha256": presets.sha256(path)}
+    return {"path": path, "sha256": presets.sha256(path),
+            **({"skipped": sorted(skip)} if skip else {})}
 
 
 def _check_workdir(run: RunConfig, cfg) -> None:
@@ -427,7 +431,8 @@ def _train(run, cfg, entry, task, strategy, workdir: str, flags_text, extra_call
         strategy = strategy or _strategy(run)
         with strategy.scope():
             model = task.build_model(entry, run, cfg, train_recs)
-            init = warm_start(model, run.init_from) if run.init_from else None
+            init = (warm_start(model, run.init_from, run.init_skip) if run.init_from
+                    else None)
             multipliers = ({"output": run.last_layer_lr_scale}
                            if run.last_layer_lr_scale != 1.0 else None)
             optimizer = optimizers_lib.build(run.optimizer, run.learning_rate,

@@ -69,6 +69,7 @@ class ColorizeTrainConfig:
                       PixColor (models/pixcolor.py): the gated PixelCNN's depth and width,
                       bins per chroma channel, the default sampling temperature, and the
                       refinement MSE's weight in the loss.
+    pixcolor_train:   PixColor: "all" networks, or the "refine"ment alone (the others frozen).
     semantic_weight:  Lal et al.: λ2 of the semantic classification term (0: none).
     class_targets:    Lal et al., λ2 > 0: "embedding" (the records' embedder softmax as soft
                       targets, distillation) or "labels" (the records' class labels).
@@ -100,6 +101,7 @@ class ColorizeTrainConfig:
     chroma_levels: int = 32
     sampling_temperature: float = 1.0
     refine_weight: float = 1.0
+    pixcolor_train: str = "all"
 
     def __post_init__(self):
         checks = [
@@ -123,6 +125,7 @@ class ColorizeTrainConfig:
             (self.chroma_levels >= 2, "chroma_levels must be >= 2"),
             (self.sampling_temperature > 0, "sampling_temperature must be > 0"),
             (self.refine_weight >= 0, "refine_weight must be >= 0"),
+            (self.pixcolor_train in ("all", "refine"), "pixcolor_train must be all or refine"),
             (self.class_targets in CLASS_TARGETS,
              f"class_targets must be one of {CLASS_TARGETS}"),
         ]

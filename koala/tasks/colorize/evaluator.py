@@ -230,7 +230,7 @@ def colorize_report(
         (:class:`koala.ops.embedder.Classifier`): adds ``top1`` and ``top5`` to every method
         (the semantic check, see the module docstring).
       samples, seed: N > 1 draws N colourings per image from every colorizer whose
-        ``is_stochastic`` is true (``colorize_samples(image, N, seed)``) and adds
+        ``is_stochastic`` is true (``colorize_samples(image, N, seed, saturation=...)``) and adds
         :data:`SAMPLE_METRICS` (None for the others; see the module docstring).
 
     Returns:
@@ -253,7 +253,7 @@ def colorize_report(
     def draw(model_name, colorizer, truth, name) -> tuple[list[np.ndarray], float | None]:
         start = time.perf_counter()
         if samples > 1 and getattr(colorizer, "is_stochastic", False):
-            drawn = colorizer.colorize_samples(truth, samples, seed)
+            drawn = colorizer.colorize_samples(truth, samples, seed, saturation=saturation)
         else:
             drawn = [colorizer.colorize(truth, saturation=saturation)]
         seconds = (time.perf_counter() - start) / len(drawn)
@@ -368,7 +368,8 @@ class _Refined:
         return self.colorizer.colorize(image, refine=self.refine,
                                        radius=self.radius, eps=self.eps)
 
-    def colorize_samples(self, image, samples: int, seed: int):
+    def colorize_samples(self, image, samples: int, seed: int, *, saturation=None):
+        # As colorize: the model's own saturation.
         return self.colorizer.colorize_samples(image, samples, seed, refine=self.refine,
                                                radius=self.radius, eps=self.eps)
 

@@ -119,7 +119,7 @@ def pixcolor_kwargs(run, cfg: ColorizeTrainConfig, recs) -> dict:
                              "embedder_weights", "embedder_fit", "filters_scale") if k in kw}
     return {**kw, "pixel_layers": cfg.pixel_layers, "pixel_filters": cfg.pixel_filters,
             "chroma_levels": cfg.chroma_levels, "temperature": cfg.sampling_temperature,
-            "refine_weight": cfg.refine_weight}
+            "refine_weight": cfg.refine_weight, "train_parts": cfg.pixcolor_train}
 
 
 def yuv_patches(rgb):

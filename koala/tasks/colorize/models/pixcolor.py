@@ -53,6 +53,12 @@ Departures and koala's choices (each a config field):
   output joins the image's own L* at full resolution like every koala colorizer.
 - ``refine_weight`` weighs the refinement MSE in the one optimizer's loss (the gradients
   do not mix, so it only sets that network's effective learning rate).
+- The refinement's decoder has BatchNorm after each upsampling and its last conv also sees
+  L and the upsampled hints directly (a skip): at ¼ widths its 8-channel last ReLU layer
+  died in the first preset run and the output ignored the hints (``refine_version`` 2;
+  version 1, without them, still loads).
+- ``train_parts="refine"`` trains the refinement alone, the other two frozen (with
+  ``koala.train --init_from=... --init_skip=refine_net``), as the paper trains it apart.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ import tensorflow as tf
 from koala.ops import color
 from koala.tasks.colorize.models.fusion import ENCODER, FusionLayer, _batch_norm, _conv
 
+TRAIN_PARTS = ("all", "refine")
+"""What ``fit`` trains: every network, or the refinement network alone (the others frozen)."""
 DOWNSAMPLING = 8
 """S / s: the conditioning grid and the chroma are at 1/8 of the image (224 -> 28)."""
 CHROMA_SCALE = 112.0
@@ -98,6 +106,8 @@ class PixColorConfig:
     chroma_levels: int = 32
     temperature: float = 1.0
     refine_weight: float = 1.0
+    train_parts: str = "all"
+    refine_version: int = 2
 
     def __post_init__(self):
         checks = [
@@ -111,6 +121,8 @@ class PixColorConfig:
             (self.chroma_levels >= 2, "chroma_levels must be >= 2"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.refine_weight >= 0, "refine_weight must be >= 0"),
+            (self.train_parts in TRAIN_PARTS, f"train_parts must be one of {TRAIN_PARTS}"),
+            (self.refine_version in (1, 2), "refine_version must be 1 or 2"),
         ]
         for ok, message in checks:
             if not ok:
@@ -275,7 +287,13 @@ def _refine_net(config: PixColorConfig) -> keras.Model:
             x = _batch_norm(f"enc_bn{i}")(x)
     for i, filters in enumerate(REFINE_DECODER, start=1):
         x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"dec_up{i}")(x)
+        if config.batch_norm and config.refine_version >= 2:
+            x = _batch_norm(f"dec_bn{i}")(x)
         x = _conv(config.filters(filters), 3, f"dec_conv{i}")(x)
+    if config.refine_version >= 2:
+        # The hints and L join the last conv directly: the output can always use the hints,
+        # even where a thin ReLU layer has died (it did at 1/4 widths without this path).
+        x = keras.layers.Concatenate(name="skip")([x, l_input, hints])
     x = _conv(2, 3, "ab_linear", activation=None)(x)
     ab = keras.layers.Activation("tanh", dtype="float32", name="ab")(x)
     return keras.Model({"l": l_input, "chroma": hints}, ab, name="refine_net")
@@ -299,7 +317,12 @@ class PixColor(keras.Model):
                                       cfg.chroma_levels, name="pixelcnn")
         self.pixelcnn.build(((None, cfg.grid, cfg.grid, 2),
                              (None, cfg.grid, cfg.grid, cfg.pixel_filters)))
-        self._trackers = [keras.metrics.Mean(name=n) for n in ("loss", "nll", "refine_mse")]
+        self.refine_only = cfg.train_parts == "refine"
+        if self.refine_only:  # the others keep their (--init_from) weights
+            self.cond_net.trainable = False
+            self.pixelcnn.trainable = False
+        names = ("loss", "refine_mse") if self.refine_only else ("loss", "nll", "refine_mse")
+        self._trackers = [keras.metrics.Mean(name=n) for n in names]
         self.built = True
 
     def get_config(self):
@@ -308,7 +331,8 @@ class PixColor(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # Files saved before the refinement's version 2 (no field) hold version 1.
+        return cls(**{"refine_version": 1, **config})
 
     @property
     def metrics(self):
@@ -328,22 +352,28 @@ class PixColor(keras.Model):
         return self.refine_net({"l": l, "chroma": hints}, training=training)
 
     def losses_of(self, inputs, ab, training=False):
-        """``{"nll", "refine_mse"}`` float32 scalars for a batch of records."""
+        """``{"nll", "refine_mse"}`` float32 scalars for a batch of records (``refine_mse``
+        alone when only the refinement trains)."""
         bins = chroma_bins(inputs["l"], ab, self.config.chroma_levels)
+        pred = self.refine(inputs["l"], bins, training=training)
+        mse = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - tf.cast(ab, tf.float32)))
+        if self.refine_only:
+            return {"refine_mse": mse}
         cond = self.condition(inputs, training=training)
         cr, cb = self.pixelcnn([bins, cond])
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits
         nll = (tf.reduce_mean(ce(bins[..., 0], tf.cast(cr, tf.float32)))
                + tf.reduce_mean(ce(bins[..., 1], tf.cast(cb, tf.float32)))) / 2.0
-        pred = self.refine(inputs["l"], bins, training=training)
-        mse = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - tf.cast(ab, tf.float32)))
         return {"nll": nll, "refine_mse": mse}
+
+    def _loss(self, terms):
+        return terms.get("nll", 0.0) + self.config.refine_weight * terms["refine_mse"]
 
     def train_step(self, data):
         inputs, ab = data[0], data[1]
         with tf.GradientTape() as tape:
             terms = self.losses_of(inputs, ab, training=True)
-            loss = terms["nll"] + self.config.refine_weight * terms["refine_mse"]
+            loss = self._loss(terms)
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
@@ -352,7 +382,7 @@ class PixColor(keras.Model):
     def test_step(self, data):
         inputs, ab = data[0], data[1]
         terms = self.losses_of(inputs, ab)
-        loss = terms["nll"] + self.config.refine_weight * terms["refine_mse"]
+        loss = self._loss(terms)
         return self._record(ab, {**terms, "loss": loss})
 
     def _record(self, ab, values):
