@@ -9,6 +9,7 @@ Both samplers draw the same samples from the same seed (tests/test_pixcolor.py);
 are the best of --repeats runs after a warm-up.
 """
 
+import os
 import time
 
 from common import DEFAULT_PHOTOS  # noqa: F401  first: quiets TF, puts the checkout on sys.path
@@ -48,7 +49,7 @@ def main(argv):
     model, cfg = colorizer.model, colorizer.model.config
     print(f"PixColor: {cfg.pixel_layers} gated layers of {cfg.pixel_filters}, "
           f"{cfg.grid}x{cfg.grid} chroma, {cfg.chroma_levels} bins; "
-          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} intra-op threads")
+          f"{os.environ.get('TF_NUM_INTRAOP_THREADS') or 'all'} intra-op threads")
     size = cfg.image_size
     rng = np.random.default_rng(0)
     inputs = {"l": tf.constant(rng.uniform(-1, 1, (1, size, size, 1)), tf.float32),
