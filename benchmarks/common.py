@@ -12,3 +12,17 @@ _SHARED_TRAIN = REPO.parent / "shared" / "photos" / "train"
 # The project's 36 training photos when the shared folder sits beside the checkout, else the
 # built-in samples.
 DEFAULT_PHOTOS = str(_SHARED_TRAIN if _SHARED_TRAIN.is_dir() else REPO / "data" / "samples")
+
+
+def best_time(fn, repeats):
+    """The best wall time of ``repeats`` calls of ``fn``, after one warm-up call (tracing,
+    thread pools)."""
+    import time
+
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best

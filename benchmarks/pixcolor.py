@@ -10,9 +10,8 @@ are the best of --repeats runs after a warm-up.
 """
 
 import os
-import time
 
-from common import DEFAULT_PHOTOS  # noqa: F401  first: quiets TF, puts the checkout on sys.path
+from common import DEFAULT_PHOTOS, best_time  # noqa: F401  first: quiets TF, puts the checkout on sys.path
 
 # isort: split
 
@@ -29,16 +28,6 @@ flags.DEFINE_integer("repeats", 2, "Timed repetitions (best is kept).")
 flags.DEFINE_string("photo", "data/samples/Wine_by_Jakkub_Mede.jpg", "Photo for the "
                     "whole-colorization figure.")
 FLAGS = flags.FLAGS
-
-
-def best_time(fn, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main(argv):

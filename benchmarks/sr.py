@@ -19,9 +19,8 @@ real-time 24 fps.
 Weights are random (speed does not depend on them); inputs are a smooth random image.
 """
 
-import time
 
-from common import DEFAULT_PHOTOS  # noqa: F401  first: quiets TF, puts the checkout on sys.path
+from common import DEFAULT_PHOTOS, best_time  # noqa: F401  first: quiets TF, puts the checkout on sys.path
 
 # isort: split
 
@@ -38,16 +37,6 @@ flags.DEFINE_integer("height", 400, "Low-res input height.")
 flags.DEFINE_integer("scale", 3, "Upscaling factor.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is kept).")
 FLAGS = flags.FLAGS
-
-
-def best_time(fn, repeats):
-    fn()  # warm up: tracing, thread pools
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def peak_gflops(n=2048, repeats=5):

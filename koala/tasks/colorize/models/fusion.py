@@ -301,6 +301,19 @@ def _conv(filters: int, kernel: int, name: str, strides: int = 1, activation="re
     )
 
 
+def encoder(x, config):
+    """The encoder (the table's enc_* layers) on x: (B, S, S, 1) -> (B, S/8, S/8, 256 *
+    scale); ``config`` gives ``filters()`` and ``batch_norm`` (PixColor's conditioning net
+    reuses it)."""
+    n_bn = 0
+    for i, (filters, stride) in enumerate(ENCODER, start=1):
+        x = _conv(config.filters(filters), 3, f"enc_conv{i}", strides=stride)(x)
+        if config.batch_norm and stride == 2:
+            n_bn += 1
+            x = _batch_norm(f"enc_bn{n_bn}")(x)
+    return x
+
+
 def _fusion_graph(config: FusionConfig):
     """The functional graph: returns (inputs dict, ab output, probs or None, features). See
     the module docstring; probs (B, S/2, S/2, Q) exists for the classification head only;
@@ -310,14 +323,7 @@ def _fusion_graph(config: FusionConfig):
     l_input = keras.Input((size, size, 1), name="l")
     embedding = keras.Input((dim,), name="embedding")
 
-    # Encoder: (B, S, S, 1) -> (B, S/8, S/8, 256 * scale).
-    x = l_input
-    n_bn = 0
-    for i, (filters, stride) in enumerate(ENCODER, start=1):
-        x = _conv(config.filters(filters), 3, f"enc_conv{i}", strides=stride)(x)
-        if config.batch_norm and stride == 2:
-            n_bn += 1
-            x = _batch_norm(f"enc_bn{n_bn}")(x)
+    x = encoder(l_input, config)  # (B, S, S, 1) -> (B, S/8, S/8, 256 * scale)
 
     # Fusion: (B, h, w, C) + (B, D) -> (B, h, w, C + D) -> 1x1 conv -> (B, h, w, F).
     x = FusionLayer(name="fusion")([x, embedding])

@@ -70,7 +70,7 @@ import numpy as np
 import tensorflow as tf
 
 from koala.ops import color
-from koala.tasks.colorize.models.fusion import ENCODER, FusionLayer, _batch_norm, _conv
+from koala.tasks.colorize.models.fusion import FusionLayer, _batch_norm, _conv, encoder
 
 TRAIN_PARTS = ("all", "refine")
 """What ``fit`` trains: every network, or the refinement network alone (the others frozen)."""
@@ -265,13 +265,7 @@ def _cond_net(config: PixColorConfig) -> keras.Model:
     size, dim = config.image_size, config.embedding_dim
     l_input = keras.Input((size, size, 1), name="l")
     embedding = keras.Input((dim,), name="embedding")
-    x, n_bn = l_input, 0
-    for i, (filters, stride) in enumerate(ENCODER, start=1):
-        x = _conv(config.filters(filters), 3, f"enc_conv{i}", strides=stride)(x)
-        if config.batch_norm and stride == 2:
-            n_bn += 1
-            x = _batch_norm(f"enc_bn{n_bn}")(x)
-    x = FusionLayer(name="fusion")([x, embedding])
+    x = FusionLayer(name="fusion")([encoder(l_input, config), embedding])
     x = _conv(config.pixel_filters, 1, "cond_out")(x)
     return keras.Model({"l": l_input, "embedding": embedding}, x, name="cond_net")
 
