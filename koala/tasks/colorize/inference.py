@@ -185,8 +185,11 @@ class Colorizer:
         default = 1.0 if isinstance(config, pixcolor.PixColorConfig) else DEFAULT_SATURATION
         self.saturation = default if saturation is None else float(saturation)
         _check_saturation(self.saturation)
-        self.sampling_temperature = getattr(config, "temperature", None)
-        if temperature is not None and isinstance(config, pixcolor.PixColorConfig):
+        self.is_pixcolor = isinstance(config, pixcolor.PixColorConfig)
+        # PixColor's sampling temperature (None for the others, whose annealed-mean one lives
+        # in the model).
+        self.sampling_temperature = config.temperature if self.is_pixcolor else None
+        if temperature is not None and self.is_pixcolor:
             if not temperature > 0:
                 raise ValueError(f"temperature must be > 0, got {temperature}")
             self.sampling_temperature = float(temperature)
@@ -195,7 +198,6 @@ class Colorizer:
         self.image_size = size = config.image_size
         self.is_gan = isinstance(config, ColorGANConfig)
         self.is_vcnn = isinstance(config, vcnn.VCNNConfig)
-        self.is_pixcolor = isinstance(config, pixcolor.PixColorConfig)
         self.refine = "guided" if self.is_vcnn else "none"  # the VCNN paper always refines
         if self.is_gan or self.is_vcnn:  # no embedder (GAN: noise from a seed, _network_ab)
             self.embedder = None

@@ -450,8 +450,12 @@ class PixColor(keras.Model):
                temperature: float | None = None) -> tf.Tensor:
         """``samples`` colourings: (samples, B, S, S, 2) float32 ab/128, each the refinement
         of one PixelCNN sample; equal seeds give equal samples."""
-        bins = self.sample_bins(inputs, seed, samples, temperature)
-        return tf.stack([self.refine(inputs["l"], b) for b in tf.unstack(bins)])
+        bins = self.sample_bins(inputs, seed, samples, temperature)  # (N, B, s, s, 2)
+        s = self.config.grid
+        # One refinement call for every sample: row k * B + b is sample k of image b.
+        l = tf.tile(inputs["l"], [samples, 1, 1, 1])
+        ab = self.refine(l, tf.reshape(bins, (-1, s, s, 2)))
+        return tf.reshape(ab, (samples, -1, *ab.shape[1:]))
 
     def call(self, inputs, training=False):
         return self.sample(inputs, 0, 1)[0]
