@@ -80,6 +80,17 @@ def test_presets_and_loss_weights():
     assert override.loss_weights(1).contrast == pytest.approx(1e-5)
     assert override.loss_weights(2).contrast == pytest.approx(0.5e-5)
     assert not C.CodecConfig(contrast_weight=0).needs_perceptual and paper.needs_perceptual
+    # The structure override replaces beta; each stage keeps its ratio to stage 1.
+    beta = C.CodecConfig(structure_weight=0.1)
+    assert beta.loss_weights(1).structure == pytest.approx(0.1)
+    assert beta.loss_weights(2).structure == pytest.approx(0.05)
+    assert beta.loss_weights(2).lightness == 0.5  # nothing else moves
+    authors_beta = C.CodecConfig(loss_preset="authors", structure_weight=0.25)
+    assert authors_beta.loss_weights(1).structure == pytest.approx(0.25)
+    assert authors_beta.loss_weights(2).structure == pytest.approx(0.05)
+    assert C.CodecConfig(structure_weight=0).loss_weights(1).structure == 0
+    with pytest.raises(ValueError, match="structure_weight"):
+        C.CodecConfig(structure_weight=-1)
     with pytest.raises(ValueError, match="stage"):
         paper.loss_weights(3)
     with pytest.raises(ValueError, match="loss_preset"):
@@ -89,11 +100,13 @@ def test_presets_and_loss_weights():
 def test_config_round_trip():
     model = C.codec_small(loss_preset="authors", theta=0.5, perceptual_net="mobilenet",
                           perceptual_weights="w.h5", perceptual_layer="conv_pw_3_relu",
-                          perceptual_size=0, contrast_weight=2e-7, name="ig")
+                          perceptual_size=0, contrast_weight=2e-7, structure_weight=0.1,
+                          name="ig")
     config = model.get_config()
     for key in ("encoder_filters", "encoder_res_blocks", "decoder_filters",
                 "decoder_res_blocks", "loss_preset", "theta", "perceptual_net",
-                "perceptual_weights", "perceptual_layer", "perceptual_size", "contrast_weight"):
+                "perceptual_weights", "perceptual_layer", "perceptual_size", "contrast_weight",
+                "structure_weight"):
         assert key in config
     again = check_config_round_trip(model, images(2, 32, 32))
     assert again.config == model.config and again.name == "ig"

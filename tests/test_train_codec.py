@@ -38,7 +38,7 @@ def test_polynomial_schedule():
 
 
 def test_two_stages_log_every_term_and_switch(records, tmp_path):  # noqa: F811
-    history = registry.train(*codec_smoke(records, tmp_path / "run"))
+    history = registry.train(*codec_smoke(records, tmp_path / "run", structure_weight=0.1))
     rows = read_log(tmp_path / "run")
     assert [int(float(r["stage"])) for r in rows] == [1, 1, 2]
     for term in ("loss", "invertibility", "lightness", "contrast", "structure",
@@ -51,6 +51,7 @@ def test_two_stages_log_every_term_and_switch(records, tmp_path):  # noqa: F811
     assert int(history.model.optimizer.iterations.numpy()) == 2
     model = keras.saving.load_model(tmp_path / "run" / "last.keras")
     assert isinstance(model, InvertibleGrayscale) and model.current_stage() == 2
+    assert model.config.structure_weight == 0.1  # --structure_weight reaches the model
     out = model.predict(np.random.default_rng(0).random((1, 32, 32, 3), np.float32),
                         verbose=0)
     assert out["gray"].shape == (1, 32, 32, 1) and out["restored"].shape == (1, 32, 32, 3)

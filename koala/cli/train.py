@@ -176,6 +176,9 @@ def define_flags(fv: flags.FlagValues) -> None:
       "instead of ending in tanh (default false, the paper; koala/tasks/codec/model.py).")
     d(f, "theta_levels", "Codec: the lightness slack, in grey levels of [-1, 1] (SPEC §2: 70, "
       "the default).", lower_bound=0.0)
+    d(f, "structure_weight", "Codec: beta, the local-structure weight (default: the preset's; "
+      "the paper 0.5). Lower lets more colour through the grayscale's pattern.",
+      lower_bound=0.0)
 
     flags.register_validator(
         "lr_boundaries", lambda v: v is None or (all(x.isdigit() and int(x) > 0 for x in v)

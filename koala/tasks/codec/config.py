@@ -27,6 +27,8 @@ class CodecTrainConfig:
                         (:class:`koala.tasks.codec.model.CodecConfig`, departure 9).
     theta_levels:       the lightness slack in grey levels of [-1, 1] (SPEC §2: 70).
     codec_residual:     residual ends on the encoder and decoder (departure 10).
+    structure_weight:   beta, the local-structure weight (None: the preset's; the paper 0.5);
+                        departure 11.
     """
 
     stage2_epoch: int = 90
@@ -40,6 +42,7 @@ class CodecTrainConfig:
     quant_ste: bool = False
     theta_levels: float = 70.0
     codec_residual: bool = False
+    structure_weight: float | None = None
 
     def __post_init__(self):
         checks = [
@@ -54,6 +57,8 @@ class CodecTrainConfig:
             (self.quant_unit in (None, *QUANT_UNITS),
              f"quant_unit must be one of {QUANT_UNITS}"),
             (self.theta_levels >= 0, "theta_levels must be >= 0"),
+            (self.structure_weight is None or self.structure_weight >= 0,
+             "structure_weight must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

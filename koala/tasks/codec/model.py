@@ -117,6 +117,10 @@ Departures from the paper and the authors' code:
     (the luma is a frozen 1x1 convolution). A small encoder then starts at the luma, so the
     grayscale conforms from the first step, and a small decoder spends its capacity on the
     colour rather than on re-drawing the gray's detail.
+11. **Structure weight** (``structure_weight``, issue 14; None = the preset's beta): the
+    local-structure term is what damps the pattern G hides colour in. A lower beta lets more
+    colour through and moves G away from luma; on the corpus beta = 0.1 traded the gray's
+    3.3 dB for no colour gain on whole photos (docs/models/codec.md), so the preset keeps 0.5.
 """
 
 from __future__ import annotations
@@ -235,6 +239,10 @@ class CodecConfig:
                         un-quantized G.
     residual:           the encoder adds to the luma and the decoder to the gray instead of
                         ending in tanh (departure 10); False = the paper.
+    structure_weight:   beta, the local-structure weight inside w1's bracket (None = the
+                        preset's: 0.5 in the paper, 0.5 / 0.1 in the authors' stages);
+                        departure 11. It is the term that damps the pattern G hides colour
+                        in: lower means more colour through, G further from luma's edges.
     """
 
     encoder_filters: int = 64
@@ -251,6 +259,7 @@ class CodecConfig:
     quant_unit: str | None = None
     quant_ste: bool = False
     residual: bool = False
+    structure_weight: float | None = None
 
     def __post_init__(self):
         # Lists arrive from a reloaded .keras file's JSON: store tuples, so configs compare.
@@ -271,6 +280,9 @@ class CodecConfig:
             raise ValueError(f"theta must be non-negative, got {self.theta}")
         if self.contrast_weight is not None and not self.contrast_weight >= 0:
             raise ValueError(f"contrast_weight must be >= 0 or None, got {self.contrast_weight}")
+        if self.structure_weight is not None and not self.structure_weight >= 0:
+            raise ValueError(f"structure_weight must be >= 0 or None, "
+                             f"got {self.structure_weight}")
         if self.quant_unit not in (None, *QUANT_UNITS):
             raise ValueError(f"quant_unit must be one of {QUANT_UNITS} or None, "
                              f"got {self.quant_unit!r}")
@@ -302,6 +314,12 @@ class CodecConfig:
         if self.contrast_weight is not None:
             scaled = weights.contrast * self.contrast_weight / self.preset.alpha
             weights = dataclasses.replace(weights, contrast=scaled)
+        if self.structure_weight is not None:
+            # The preset's structure weight is w1·beta (paper) or beta alone (authors, w1 = 1):
+            # scale it by beta' / beta of stage 1, so stage 2's ratio to stage 1 is kept.
+            base = self.preset.stages[0].structure
+            weights = dataclasses.replace(
+                weights, structure=weights.structure * self.structure_weight / base)
         unit = self.preset.quant_unit
         if self.quant_unit is not None and self.quant_unit != unit:
             factor = AUTHORS_QUANT_UNIT if self.quant_unit == "signed" else 1 / AUTHORS_QUANT_UNIT

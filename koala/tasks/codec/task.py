@@ -31,7 +31,8 @@ class CodecTask(TaskBase):
                            perceptual_size=cfg.perceptual_size,
                            contrast_weight=cfg.contrast_weight, quant_unit=cfg.quant_unit,
                            quant_ste=cfg.quant_ste, theta=cfg.theta_levels / 127,
-                           residual=cfg.codec_residual)
+                           residual=cfg.codec_residual,
+                           structure_weight=cfg.structure_weight)
 
     def compile(self, model, run, cfg, optimizer) -> None:
         if model.config.needs_perceptual:  # the contrast term's network
