@@ -60,6 +60,35 @@ def test_fast_fsrcnn_equals_the_model_on_random_weights(scale):
     np.testing.assert_allclose(fast(x).numpy(), want, atol=1e-5)
 
 
+def test_fast_fsrcnn_keeps_slopes_above_one_and_negative():
+    """SlopeMax's max(x, a x) is the PReLU only for a <= 1: channels with a > 1 go through
+    negated weights. Trained presets have slopes up to ~2 (and the test's run through 2.5)."""
+    keras.utils.set_random_seed(7)
+    model = sr.fsrcnn(scale=3)
+    rng = np.random.default_rng(0)
+    slopes = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.PReLU):
+            (alpha,) = layer.get_weights()
+            alpha = rng.uniform(-0.5, 2.5, alpha.shape).astype(np.float32)
+            layer.set_weights([alpha])
+            slopes.append(alpha.ravel())
+    slopes = np.concatenate(slopes)
+    assert (slopes > 1).sum() > 20 and (slopes < 0).sum() > 5
+    out = model.get_layer("output")
+    kernel, bias = out.get_weights()
+    out.set_weights([rng.normal(0, 0.05, kernel.shape).astype(np.float32), bias + 0.5])
+    fast = subpixel.fast_fsrcnn(model)
+    assert not any(isinstance(layer, keras.layers.PReLU) for layer in fast.layers)
+    x = rng.random((2, 23, 17, 1)).astype(np.float32)
+    want = model(x).numpy()
+    np.testing.assert_allclose(fast(x).numpy(), want, rtol=1e-5, atol=1e-4 * want.std())
+    # Changing the model later does not reach the fast copy (its weights are copied).
+    feature = model.get_layer("feature")
+    feature.set_weights([w * 0 for w in feature.get_weights()])
+    np.testing.assert_allclose(fast(x).numpy(), want, rtol=1e-5, atol=1e-4 * want.std())
+
+
 @pytest.mark.parametrize("name", ["fsrcnn_x2", "fsrcnn_x3", "fsrcnn_x4"])
 def test_fast_path_keeps_every_preset_and_the_upscaler_output(name):
     model = presets.load(name)
