@@ -174,7 +174,9 @@ def test_the_codec_preset_exports_encode_and_decode(tmp_path):
     np.testing.assert_array_equal(gray.numpy()[0, ..., 0], codec.encode(encoder, rgb))
     (back,) = loaded.signatures["decode"](gray=gray).values()
     assert back.shape == (1, 30, 41, 3)
-    np.testing.assert_array_equal(back.numpy()[0], codec.decode(decoder, gray.numpy()[0]))
+    # The same weights in another graph: a value on a rounding edge may land one level off.
+    diff = np.abs(back.numpy()[0].astype(int) - codec.decode(decoder, gray.numpy()[0]))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.005
     lite = tmp_path / "decode.tflite"
     assert cli_main("export", "--model=codec", "--format=litert", "--signature=decode",
                     f"--output={lite}") == 0
